@@ -1,0 +1,72 @@
+"""What every protocol factory is built from: the shared store, users, portal, TLS and limits.
+
+Each protocol package exposes ``make_factory(ctx: ServerContext, ...) -> ServerFactory``.  The
+service composition (``mailgw.service``) builds one ``ServerContext`` from the configuration and
+hands it to every listener.  A session knows it runs under TLS (implicit or after STARTTLS) by
+``ISSLTransport.providedBy(self.transport)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.cred.portal import Portal
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every bound a client can run into, with safe defaults; each is a config key in [limits]."""
+
+    #: Largest message accepted over SMTP (SIZE) and IMAP APPEND, in octets.
+    message_size: int = 25 * 1024 * 1024
+    #: SMTP command line length (RFC 5321 4.5.3.1.4: 512 octets with CRLF).
+    smtp_command_line: int = 512
+    #: SMTP text line length inside DATA (RFC 5321 4.5.3.1.6: 1000 octets with CRLF).
+    smtp_text_line: int = 1000
+    #: Recipients per SMTP transaction.
+    smtp_recipients: int = 100
+    #: Protocol errors in one session before the server hangs up.
+    session_errors: int = 20
+    #: Seconds of silence before an SMTP session is closed (RFC 5321 4.5.3.2: 5 minutes).
+    smtp_idle_timeout: float = 300.0
+    #: Seconds of silence before POP3 autologout (RFC 1939: at least 10 minutes).
+    pop3_idle_timeout: float = 600.0
+    #: Seconds of silence before IMAP autologout (RFC 3501: at least 30 minutes).
+    imap_idle_timeout: float = 1800.0
+    #: POP3/IMAP command line length in octets.
+    command_line: int = 8192
+    #: IMAP literal size before login.
+    imap_literal_before_login: int = 8192
+    #: Connections at once, in all and from one client IP, per listener.
+    connections: int = 500
+    connections_per_ip: int = 20
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The password-guessing guard: growing delay after failures, then refusal for a while."""
+
+    #: Delay after the first failure, in seconds; doubles with each further failure.
+    delay_start: float = 2.0
+    #: The longest delay, in seconds.
+    delay_max: float = 15.0
+    #: Failures (per IP, or per account) after which attempts are refused.
+    max_failures: int = 10
+    #: Seconds a refusal lasts, and after which failures are forgotten.
+    block_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """Everything a protocol factory needs; built once by the service composition."""
+
+    hostname: str
+    domains: frozenset
+    store: object  # IMailStore
+    users: object  # IUserDatabase
+    portal: Portal
+    #: ``twisted.internet.ssl.CertificateOptions`` for STARTTLS/STLS, or None without TLS.
+    tls: object | None = None
+    #: May passwords travel without TLS?  (config [auth] allow_plaintext; tests may say yes.)
+    allow_plaintext: bool = False
+    limits: Limits = field(default_factory=Limits)
