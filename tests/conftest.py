@@ -1,0 +1,100 @@
+"""Shared fixtures: one real Twisted reactor in a background thread, real servers on loopback.
+
+Tests talk to the servers with blocking clients (smtplib, poplib, imaplib, raw sockets) from the
+test thread; everything that touches Twisted runs in the reactor thread through
+``blockingCallFromThread``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import blockingCallFromThread
+
+from mailgw.config import Config
+from mailgw.context import GuardSettings
+
+_reactor_thread: threading.Thread | None = None
+
+
+def _ensure_reactor() -> None:
+    global _reactor_thread
+    if _reactor_thread is None:
+        _reactor_thread = threading.Thread(
+            target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True, name="reactor"
+        )
+        _reactor_thread.start()
+
+
+def in_reactor(fn, *args, **kwargs):
+    """Run ``fn`` in the reactor thread and return its (Deferred's) result."""
+    _ensure_reactor()
+    return blockingCallFromThread(reactor, fn, *args, **kwargs)
+
+
+#: Guard settings for tests: no delays, so failures are cheap; still counts failures.
+FAST_GUARD = GuardSettings(delay_start=0.0, delay_max=0.0, max_failures=1000, block_seconds=1.0)
+
+
+def make_config(data_dir: Path, **overrides) -> Config:
+    """A Config for an in-process test server on ``data_dir``: plaintext allowed, no guard delay."""
+    base = Config(
+        data_dir=data_dir,
+        hostname="mx.example.test",
+        domains=("example.test", "localhost"),
+        allow_plaintext=True,
+        guard=FAST_GUARD,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+class LiveServer:
+    """A ServerContext over a temporary data directory, and listeners started on demand."""
+
+    def __init__(self, config: Config) -> None:
+        from mailgw.service import build_context
+
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.context = in_reactor(build_context, config, reactor)
+        self._ports: list = []
+
+    @property
+    def store(self):
+        """The IMailStore."""
+        return self.context.store
+
+    def add_user(self, address: str, password: str = "secret") -> None:
+        """Add a user to the passwd-file."""
+        self.context.users.add_user(address, password.encode())
+
+    def listen(self, make_factory, *args, **kwargs) -> int:
+        """Start ``make_factory(context, ...)`` on an ephemeral loopback port; return the port."""
+
+        def start():
+            factory = make_factory(self.context, *args, **kwargs)
+            endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+            return endpoint.listen(factory)
+
+        port = in_reactor(start)
+        self._ports.append(port)
+        return port.getHost().port
+
+    def close(self) -> None:
+        """Stop every listener started here."""
+        for port in self._ports:
+            in_reactor(port.stopListening)
+        self._ports.clear()
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A LiveServer with plaintext login allowed and no login delay."""
+    srv = LiveServer(make_config(tmp_path / "data"))
+    yield srv
+    srv.close()
