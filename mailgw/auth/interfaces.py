@@ -24,7 +24,11 @@ class IUserDatabase(Interface):
     """The users that may log in and receive mail.  Addresses are canonical (see canonical())."""
 
     def canonical(address: str) -> str:
-        """Return the canonical form of a login name or address (domain lower-cased)."""
+        """Return the canonical form of a login name or address (domain lower-cased).
+
+        mailgw also lower-cases the local part (as Dovecot's %Lu does).  Raise
+        mailgw.auth.InvalidAddress for a name unusable as a user (no '@', ':', whitespace,
+        control characters, a part unsafe as a directory name)."""
 
     def exists(address: str) -> bool:
         """Is this a user (after canonicalisation)?  Picks up edits of the file at once."""
