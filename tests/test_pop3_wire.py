@@ -1,0 +1,103 @@
+"""POP3 wire format without a network: command parsing, byte-stuffing, TOP's cut."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from mailgw.pop3.multiline import DotStuffer, TopReader
+from mailgw.pop3.parser import Command, CommandError, parse_command
+
+
+def test_commands_parse_case_insensitively_with_typed_arguments():
+    assert parse_command(b"stat") == Command("STAT")
+    assert parse_command(b"List 3\r") == Command("LIST", number=3)
+    assert parse_command(b"LIST") == Command("LIST")
+    assert parse_command(b"TOP 2 0") == Command("TOP", number=2, count=0)
+    assert parse_command(b"USER alice@example.test") == Command("USER", text=b"alice@example.test")
+
+
+def test_pass_keeps_spaces_in_the_password():
+    assert parse_command(b"PASS  a secret ") == Command("PASS", text=b" a secret ")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"DELE 0",
+        b"RETR 0",
+        b"RETR -1",
+        b"RETR +1",
+        b"RETR x",
+        b"RETR 1x",
+        b"RETR",
+        b"RETR 1 2",
+        b"RETR 99999999999999999999",
+        b"LIST 0",
+        b"UIDL 1 2",
+        b"TOP 1",
+        b"TOP 1 -1",
+        b"TOP 0 1",
+        b"STAT 1",
+        b"USER",
+        b"USER a b",
+        b"PASS",
+        b"",
+        b"XYZZY",
+        b"APOP alice digest",
+        b"\xff\xfe",
+        b"RETR \xd9\xa1",
+    ],
+)
+def test_bad_lines_raise_command_error(line):
+    with pytest.raises(CommandError):
+        parse_command(line)
+
+
+def stuff(message: bytes, chunk: int) -> bytes:
+    stuffer = DotStuffer()
+    parts = [stuffer.transform(message[i : i + chunk]) for i in range(0, len(message), chunk)]
+    return b"".join(parts) + stuffer.terminator()
+
+
+def unstuff(wire: bytes) -> bytes:
+    assert wire.endswith(b"\r\n.\r\n")
+    lines = wire[: -len(b".\r\n")].split(b"\r\n")
+    return b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 16384])
+def test_dot_stuffing_holds_across_chunk_boundaries(chunk):
+    message = b".first\r\nSubject: x\r\n\r\n.\r\n..two\r\nmid.dle\r\n.end\r\n"
+    wire = stuff(message, chunk)
+    assert b"\r\n.\r\n" not in wire[:-5]
+    assert wire.startswith(b"..first\r\n")
+    assert b"\r\n...two\r\n" in wire
+    assert unstuff(wire) == message
+
+
+def test_terminator_adds_crlf_when_the_message_lacks_one():
+    assert stuff(b"Subject: x\r\n\r\nno end", 4).endswith(b"no end\r\n.\r\n")
+    assert stuff(b"", 4) == b".\r\n"
+
+
+def read_all(reader: TopReader, size: int) -> bytes:
+    out = []
+    while chunk := reader.read(size):
+        out.append(chunk)
+    return b"".join(out)
+
+
+MESSAGE = b"From: a@b\r\nSubject: s\r\n\r\nline 1\r\nline 2\r\nline 3\r\n"
+
+
+@pytest.mark.parametrize("size", [1, 5, 16384])
+def test_top_sends_header_blank_line_and_n_body_lines(size):
+    assert read_all(TopReader(io.BytesIO(MESSAGE), 0), size) == b"From: a@b\r\nSubject: s\r\n\r\n"
+    assert read_all(TopReader(io.BytesIO(MESSAGE), 2), size) == MESSAGE[: -len(b"line 3\r\n")]
+    assert read_all(TopReader(io.BytesIO(MESSAGE), 10), size) == MESSAGE
+
+
+def test_top_of_a_message_without_body_is_the_whole_message():
+    assert read_all(TopReader(io.BytesIO(b"Subject: s\r\n"), 3), 16384) == b"Subject: s\r\n"
