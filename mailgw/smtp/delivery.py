@@ -1,0 +1,213 @@
+"""The SMTP side of the store: who may send to whom, and streaming DATA into the Maildir store.
+
+``Delivery`` implements Twisted's ``twisted.mail.smtp.IMessageDelivery`` (the avatar the realm
+hands out after AUTH, and the policy of anonymous sessions).  It departs from Twisted's model in
+one way, on purpose: ``validateTo`` returns the canonical recipient address instead of a factory
+of one ``IMessageSMTP`` per recipient, because mailgw writes a message once
+(``IMailStore.incoming()``) and hard-links it to every recipient on commit.  ``MessageWriter``
+replaces Twisted's per-recipient ``IMessageSMTP`` line sink and ``SMTP._messageHandled``: it
+enforces the size and line limits while streaming, and its reply comes only after the commit
+(fsync) has returned.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from email.utils import formatdate
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.mail.smtp import IMessageDelivery
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailgw.smtp import replies
+from mailgw.smtp.parsing import CommandError, Mailbox
+from mailgw.smtp.replies import Reply
+from mailgw.store.interfaces import StoreError
+
+_log = Logger()
+_BARE_LINE_END = re.compile(rb"\r|\n")
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a Delivery needs to know of the server and the connection it serves."""
+
+    users: object  # IUserDatabase
+    domains: frozenset
+    hostname: str
+    secure: bool = False
+
+
+@implementer(IMessageDelivery)
+@dataclass(frozen=True)
+class Delivery:
+    """Sender and recipient policy for one SMTP session, and its trace header.
+
+    ``user`` is the authenticated address (None for an anonymous MX client).  An avatar from
+    ``make_avatar`` has no session yet: the server binds it with ``bind`` before use, because
+    the realm knows the store but not the user database or the local domains."""
+
+    user: str | None = None
+    session: Session | None = None
+
+    def bind(self, session: Session) -> Delivery:
+        """This policy, for that session."""
+        return replace(self, session=session)
+
+    def validateFrom(self, helo: tuple, origin: Mailbox | None) -> Mailbox | None:
+        """Accept the sender; an authenticated user may only send as themself."""
+        if self.user is None:
+            return origin
+        users = self._session().users
+        sender = str(origin) if origin is not None else ""
+        if not users.exists(sender) or users.canonical(sender) != self.user:
+            raise CommandError(replies.SENDER_NOT_OWNED)
+        return origin
+
+    def validateTo(self, user: Mailbox) -> str:
+        """Return the canonical address of a local recipient, or raise CommandError.
+
+        Mail goes only to existing users of the local domains (no outbound relay yet, even
+        after AUTH); a domain-less ``postmaster`` is the first local ``postmaster@`` user."""
+        session = self._session()
+        if not user.domain:
+            for domain in sorted(session.domains):
+                if session.users.exists(f"postmaster@{domain}"):
+                    return session.users.canonical(f"postmaster@{domain}")
+            raise CommandError(replies.NO_SUCH_USER)
+        if user.domain not in session.domains:
+            raise CommandError(replies.RELAY_DENIED)
+        address = str(user)
+        if not session.users.exists(address):
+            raise CommandError(replies.NO_SUCH_USER)
+        return session.users.canonical(address)
+
+    def receivedHeader(
+        self, helo: tuple, origin: Mailbox | None, recipients: list, *, transaction_id: str = ""
+    ) -> bytes:
+        """The ``Received:`` trace header (RFC 5321 4.4), folded, without the final CRLF.
+
+        ``helo`` is (EHLO/HELO name, client IP, True if EHLO); the ``for`` clause names the
+        recipient only when there is one, so Bcc recipients stay hidden from each other."""
+        name, client_ip, extended = helo
+        session = self._session()
+        protocol = "ESMTP" if extended else "SMTP"
+        if extended:
+            protocol += ("S" if session.secure else "") + ("A" if self.user else "")
+        lines = [
+            f"Received: from {name} ([{client_ip}])",
+            f"\tby {session.hostname} (mailgw) with {protocol}"
+            + (f" id {transaction_id}" if transaction_id else ""),
+        ]
+        if len(recipients) == 1:
+            lines.append(f"\tfor <{recipients[0]}>; {formatdate(localtime=True)}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{formatdate(localtime=True)}")
+        return "\r\n".join(lines).encode("ascii")
+
+    def _session(self) -> Session:
+        if self.session is None:
+            raise CommandError(replies.LOCAL_ERROR)
+        return self.session
+
+
+def make_avatar(store: object, address: str) -> tuple[Delivery, object]:
+    """The IMessageDelivery for a user who logged in over SMTP, and its logout callable."""
+    return Delivery(user=address), _logout
+
+
+def _logout() -> None:
+    """SMTP avatars hold nothing to release."""
+
+
+class MessageWriter:
+    """Streams the lines of one DATA into an IIncomingMessage and commits it.
+
+    Lines arrive without CRLF and still dot-stuffed; the end-of-data line ``.`` is recognised
+    only as a whole line (a bare LF or CR never ends DATA; they are stored as CRLF).  Past the
+    size or line limit, or after a store error, the data is discarded and the transaction fails
+    at the final dot with the matching reply."""
+
+    def __init__(self, incoming: object, max_size: int, max_line: int, transaction_id: str):
+        self._incoming = incoming
+        self._max_size = max_size
+        self._max_line = max_line
+        self._open = True
+        self.transaction_id = transaction_id
+        #: Octets of client data stored so far (added headers not counted).
+        self.size = 0
+        #: The reply that ends the transaction, once something went wrong.
+        self.failure: Reply | None = None
+
+    def write_header(self, header: bytes) -> None:
+        """Prepend a header line (without CRLF) that mailgw adds; raise StoreError."""
+        self._incoming.write(header + b"\r\n")
+
+    def feed(self, line: bytes) -> bool:
+        """Take one DATA line; return True once it was the end-of-data line."""
+        if line == b".":
+            return True
+        if self.failure is not None:
+            return False
+        if len(line) > self._max_line - 2:
+            self._fail(replies.LINE_TOO_LONG.with_text("Message line too long"))
+            return False
+        if line.startswith(b"."):
+            line = line[1:]
+        data = _BARE_LINE_END.sub(b"\r\n", line) + b"\r\n"
+        if self.size + len(data) > self._max_size:
+            self._fail(replies.MESSAGE_TOO_BIG)
+            return False
+        try:
+            self._incoming.write(data)
+        except (StoreError, OSError):
+            _log.failure("Cannot write incoming message {id}", id=self.transaction_id)
+            self._fail(replies.LOCAL_ERROR)
+            return False
+        self.size += len(data)
+        return False
+
+    def finish(self, sender: Mailbox | None, addresses: list[str]) -> Deferred:
+        """Commit to every address in a thread; fire with the reply to send for the DATA."""
+        if self.failure is not None:
+            return succeed(self.failure)
+        self._open = False
+        committed = deferToThread(self._incoming.commit, addresses)
+        committed.addCallbacks(
+            self._committed, self._commit_failed, callbackArgs=(sender, addresses)
+        )
+        return committed
+
+    def abort(self) -> None:
+        """Throw the message away (connection lost, RSET impossible mid-DATA, errors)."""
+        if self._open:
+            self._open = False
+            try:
+                self._incoming.abort()
+            except (StoreError, OSError):
+                _log.failure("Cannot remove incoming message {id}", id=self.transaction_id)
+
+    def _fail(self, reply: Reply) -> None:
+        self.failure = reply
+        self.abort()
+
+    def _committed(self, uids: dict, sender: Mailbox | None, addresses: list[str]) -> Reply:
+        _log.info(
+            "Delivered {id} ({size} octets) from <{sender}> to {recipients}",
+            id=self.transaction_id,
+            size=self.size,
+            sender=str(sender or ""),
+            recipients=", ".join(addresses),
+        )
+        return replies.QUEUED.with_text(f"OK: queued as {self.transaction_id}")
+
+    def _commit_failed(self, failure: Failure) -> Reply:
+        _log.failure("Cannot deliver {id}", failure, id=self.transaction_id)
+        self._open = True
+        self.abort()
+        return replies.LOCAL_ERROR
