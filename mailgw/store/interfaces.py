@@ -29,7 +29,7 @@ class StoreError(Exception):
 
 
 class InvalidFolderName(StoreError):
-    """A folder name is not allowed (``..``, ``/``, control characters, ``new``/``cur``/``tmp``...)."""
+    """A folder name is not allowed (``..``, ``/``, control characters, ``new``/``cur``...)."""
 
 
 class NoSuchFolder(StoreError):

@@ -1,0 +1,309 @@
+"""The UID index of one folder, in Dovecot's ``dovecot-uidlist`` format (version 3).
+
+The file starts with ``3 V<uidvalidity> N<uidnext> G<guid>`` and then has one line per message,
+``<uid> [<ext> ...] :<key>``, where the key is the Maildir base name (the file name before
+``:2,``) and ``W<size>`` is the one extension used: the message's size with CRLF line endings.
+Lines are appended, never rewritten per delivery, and fsync'd; the file is rewritten (compacted)
+only when lines of expunged messages outnumber the live ones.  Writers take the dot lock
+``dovecot-uidlist.lock`` (as Dovecot does); a lock older than two minutes, or one whose writer
+(``<pid>:<host>`` in the file) was a process of this host that is gone, is stale.  Callers
+serialise threads with their own lock: an ``UidList`` is not thread-safe by itself.
+
+A torn last line (a crash in the middle of an append) is ignored and cut away before the next
+append.  ``uid_next`` is the larger of the header's N and the highest UID + 1, so no UID is ever
+given twice, even for a message whose file never arrived.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mailgw.store.files import FILE_MODE, fsync_dir, store_error
+from mailgw.store.interfaces import StoreError
+
+UIDLIST = "dovecot-uidlist"
+#: A lock file older than this (seconds) was left by a crashed writer and is removed.
+STALE_LOCK_SECONDS = 120.0
+#: How long a writer waits for the lock before giving up (seconds).
+LOCK_TIMEOUT = 30.0
+#: Compaction happens when dead lines outnumber live ones and exceed this.
+COMPACT_MIN_DEAD = 1000
+
+
+@contextmanager
+def dotlock(path: Path, timeout: float) -> Iterator[None]:
+    """Hold the lock file ``path`` (created with O_EXCL) for the duration of the block."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            break
+        except FileExistsError:
+            try:
+                age = time.time() - os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue
+            if age > STALE_LOCK_SECONDS or _holder_is_dead(path):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                continue
+            if time.monotonic() > deadline:
+                raise StoreError(f"timed out waiting for lock {path}") from None
+            time.sleep(0.005)
+        except OSError as e:
+            raise store_error(f"cannot create lock {path}", e) from e
+    try:
+        os.write(fd, f"{os.getpid()}:{socket.gethostname()}\n".encode())
+    finally:
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _holder_is_dead(path: Path) -> bool:
+    """Was the lock taken by a process of this host that no longer runs (killed mid-write)?"""
+    try:
+        pid_text, _, host = path.read_text().strip().partition(":")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not pid_text.isdigit() or host != socket.gethostname() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+class UidList:
+    """The UID index of the folder directory ``directory``; created when missing."""
+
+    def __init__(self, directory: Path, new_uid_validity: Callable[[], int]) -> None:
+        """Open (or create, with UIDVALIDITY ``new_uid_validity()``) the index."""
+        self.directory = directory
+        self.path = directory / UIDLIST
+        self.lock_path = directory / (UIDLIST + ".lock")
+        #: key -> UID of every line in the file (live or dead).
+        self.uids: dict[str, int] = {}
+        #: key -> size with CRLF line endings, for lines that carry ``W<size>``.
+        self.sizes: dict[str, int] = {}
+        self.uid_validity = 0
+        self._header_next = 1
+        self._max_uid = 0
+        self._guid = ""
+        self._ino = -1
+        self._offset = 0
+        if not self.path.exists():
+            self._create(new_uid_validity())
+        self.refresh()
+        if self.uid_validity == 0:
+            self._set_aside_broken(new_uid_validity())
+
+    @property
+    def uid_next(self) -> int:
+        """The UID the next message will get."""
+        return max(self._header_next, self._max_uid + 1)
+
+    def locked(self) -> Iterator[None]:
+        """The writers' dot lock, as a context manager."""
+        return dotlock(self.lock_path, LOCK_TIMEOUT)
+
+    def refresh(self) -> None:
+        """Read lines appended since the last look (by anyone); reload after a compaction."""
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            raise store_error(f"cannot read {self.path}", e) from e
+        if st.st_ino != self._ino or st.st_size < self._offset:
+            self._reset()
+            self._ino = st.st_ino
+        if st.st_size == self._offset:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError as e:
+            raise store_error(f"cannot read {self.path}", e) from e
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            return
+        lines = data[:end].decode("utf-8", "surrogateescape").split("\n")
+        lines.pop()
+        if self._offset == 0:
+            self._parse_header(lines[0])
+            del lines[0]
+        self._offset += end
+        self._parse_lines(lines)
+
+    def add(self, entries: Iterable[tuple[str, int | None]]) -> list[int]:
+        """Give each ``(key, crlf_size or None)`` a new UID and append its line durably.
+
+        Call with ``locked()`` held and after ``refresh()``.  A key already listed keeps its UID.
+        Return the UIDs in the order of ``entries``.
+        """
+        result = []
+        lines = []
+        next_uid = self.uid_next
+        for key, size in entries:
+            uid = self.uids.get(key)
+            if uid is None:
+                uid = next_uid
+                next_uid += 1
+                ext = f" W{size}" if size is not None else ""
+                lines.append(f"{uid}{ext} :{key}\n")
+                self.uids[key] = uid
+                if size is not None:
+                    self.sizes[key] = size
+            result.append(uid)
+        if lines:
+            self._append("".join(lines).encode("utf-8", "surrogateescape"))
+            self._max_uid = max(self._max_uid, next_uid - 1)
+        return result
+
+    def needs_compaction(self, live: int) -> bool:
+        """Do dead lines (messages gone) outnumber the ``live`` ones enough to rewrite?"""
+        dead = len(self.uids) - live
+        return dead > live and dead > COMPACT_MIN_DEAD
+
+    def compact(self, live_keys: Iterable[str]) -> None:
+        """Rewrite the file with only ``live_keys``, keeping UIDs and UIDNEXT.  Hold the lock."""
+        keep = {key: self.uids[key] for key in live_keys if key in self.uids}
+        header = f"3 V{self.uid_validity} N{self.uid_next} G{self._guid}\n"
+        body = []
+        for key, uid in sorted(keep.items(), key=lambda item: item[1]):
+            size = self.sizes.get(key)
+            ext = f" W{size}" if size is not None else ""
+            body.append(f"{uid}{ext} :{key}\n")
+        next_uid = self.uid_next
+        self._write_new((header + "".join(body)).encode("utf-8", "surrogateescape"))
+        self.uids = keep
+        self.sizes = {key: self.sizes[key] for key in keep if key in self.sizes}
+        self._header_next = next_uid
+
+    def _create(self, uid_validity: int) -> None:
+        header = f"3 V{uid_validity} N1 G{uuid.uuid4().hex}\n".encode()
+        tmp = self.directory / f"{UIDLIST}.{os.getpid()}.{uuid.uuid4().hex}.new"
+        try:
+            self._write_file(tmp, header)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return
+            finally:
+                os.unlink(tmp)
+            fsync_dir(self.directory)
+        except OSError as e:
+            raise store_error(f"cannot create {self.path}", e) from e
+
+    def _set_aside_broken(self, uid_validity: int) -> None:
+        """The header is unreadable: keep the file for inspection, start a new index."""
+        with self.locked():
+            try:
+                os.replace(self.path, self.path.with_name(UIDLIST + ".broken"))
+            except OSError as e:
+                raise store_error(f"cannot set aside {self.path}", e) from e
+            self._create(uid_validity)
+            self._reset()
+            self.refresh()
+
+    def _reset(self) -> None:
+        self.uids = {}
+        self.sizes = {}
+        self.uid_validity = 0
+        self._header_next = 1
+        self._max_uid = 0
+        self._offset = 0
+
+    def _parse_header(self, line: str) -> None:
+        fields = line.split()
+        if not fields or fields[0] != "3":
+            return
+        values = {f[0]: f[1:] for f in fields[1:] if f}
+        try:
+            validity = int(values.get("V", ""))
+            self._header_next = max(1, int(values.get("N", "1")))
+        except ValueError:
+            return
+        if validity > 0:
+            self.uid_validity = validity
+        self._guid = values.get("G", "") or uuid.uuid4().hex
+
+    def _parse_lines(self, lines: list[str]) -> None:
+        uids = self.uids
+        highest = self._max_uid
+        for line in lines:
+            head, sep, key = line.partition(" :")
+            if not sep or not key:
+                continue
+            uid_text, _, ext = head.partition(" ")
+            try:
+                uid = int(uid_text)
+            except ValueError:
+                continue
+            if uid <= 0:
+                continue
+            if uid > highest:
+                highest = uid
+            if key in uids:
+                continue
+            uids[key] = uid
+            if ext:
+                for field in ext.split():
+                    if field[:1] == "W" and field[1:].isdigit():
+                        self.sizes[key] = int(field[1:])
+        self._max_uid = highest
+
+    def _append(self, data: bytes) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                if os.fstat(fd).st_size != self._offset:
+                    # A torn line (crash during an append): cut it away first.
+                    os.ftruncate(fd, self._offset)
+                os.lseek(fd, self._offset, os.SEEK_SET)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise store_error(f"cannot append to {self.path}", e) from e
+        self._offset += len(data)
+
+    def _write_new(self, data: bytes) -> None:
+        tmp = self.directory / (UIDLIST + ".tmp")
+        try:
+            self._write_file(tmp, data, exclusive=False)
+            os.replace(tmp, self.path)
+            fsync_dir(self.directory)
+            self._ino = os.stat(self.path).st_ino
+        except OSError as e:
+            raise store_error(f"cannot rewrite {self.path}", e) from e
+        self._offset = len(data)
+
+    @staticmethod
+    def _write_file(path: Path, data: bytes, exclusive: bool = True) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+        fd = os.open(path, flags, FILE_MODE)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
