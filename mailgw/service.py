@@ -1,0 +1,333 @@
+"""Service composition: one ServerContext for everything, one listener per configured endpoint.
+
+``MailgwService`` is what ``twistd mailgw`` runs (through ``makeService``, used by the plugin in
+``twisted/plugins/mailgw_plugin.py``): on start it builds the store, the user database, the
+login guard, the portal and the TLS options, binds every configured listener and, once all are
+bound, writes the ports file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from functools import partial
+from pathlib import Path
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
+from twisted.mail.imap4 import IAccount
+from twisted.mail.pop3 import IMailbox
+from twisted.mail.smtp import IMessageDelivery
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from mailgw import imap, pop3, smtp
+from mailgw.auth import (
+    LoginGuard,
+    MailRealm,
+    PasswdFileUserDatabase,
+    UserDatabaseError,
+    build_portal,
+)
+from mailgw.config import (
+    IMPLICIT_TLS,
+    SERVICES,
+    Config,
+    ConfigError,
+    default_config,
+    load_config,
+    server_endpoint,
+)
+from mailgw.context import ServerContext
+from mailgw.store.interfaces import StoreError
+from mailgw.store.maildir import MaildirStore
+from mailgw.tls import load_or_create_tls
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """mailgw cannot start: the data directory is unusable or a listener cannot be bound."""
+
+
+def build_context(config: Config, reactor: object) -> ServerContext:
+    """Create the data directories, the store, users, guard, realm, portal and TLS options."""
+    for directory in (config.data_dir, config.mail_dir, config.tmp_dir):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    store = MaildirStore(
+        config.mail_dir, config.tmp_dir, config.hostname, dispatch=reactor.callFromThread
+    )
+    users = PasswdFileUserDatabase(
+        config.users_file, allow_plaintext_schemes=config.allow_plaintext_schemes
+    )
+    guard = LoginGuard(config.guard, clock=reactor)
+    realm = MailRealm(
+        {
+            IMessageDelivery: partial(smtp.make_avatar, store),
+            IMailbox: partial(pop3.make_avatar, store),
+            IAccount: partial(imap.make_avatar, store),
+        }
+    )
+    return ServerContext(
+        hostname=config.hostname,
+        domains=frozenset(config.domains),
+        store=store,
+        users=users,
+        portal=build_portal(users, guard, realm, clock=reactor),
+        tls=load_or_create_tls(config),
+        allow_plaintext=config.allow_plaintext,
+        limits=config.limits,
+    )
+
+
+#: service -> make_factory(context); an implicit-TLS service uses its plain twin's (without "s").
+_FACTORY_MAKERS = {
+    "smtp": smtp.make_factory,
+    "submission": partial(smtp.make_factory, submission=True),
+    "pop3": pop3.make_factory,
+    "imap": imap.make_factory,
+}
+
+
+def make_protocol_factory(context: ServerContext, service: str) -> object:
+    """The protocol factory for one of SERVICES (TLS not yet added for implicit-TLS ones)."""
+    plain = service.removesuffix("s") if service in IMPLICIT_TLS else service
+    return _FACTORY_MAKERS[plain](context)
+
+
+class ListenerService(Service):
+    """One listener: binds its endpoint when started and stops listening when stopped."""
+
+    def __init__(self, name: str, description: str, endpoint: object, factory: object) -> None:
+        self.name = name
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        #: Fires with the IListeningPort once bound (set by startService).
+        self.bound: Deferred | None = None
+        self.port = None
+
+    def startService(self) -> None:
+        """Start listening."""
+        super().startService()
+        self.bound = self.endpoint.listen(self.factory)
+        self.bound.addCallback(self._listening)
+
+    def _listening(self, port: object) -> object:
+        self.port = port
+        return port
+
+    def stopService(self) -> Deferred | None:
+        """Stop listening (connections already accepted are left alone)."""
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return maybeDeferred(port.stopListening)
+        if self.bound is not None:
+            self.bound.cancel()
+        return None
+
+
+class MailgwService(MultiService):
+    """The whole server: the shared context and one ListenerService per configured endpoint.
+
+    ``ready`` fires with ``{service: port}`` once every listener is bound and the ports file is
+    written, or fails with StartupError (and every listener is stopped again) if one cannot be
+    bound.  ``startService`` itself raises ConfigError or StartupError when the data directory,
+    the certificate or an endpoint string is unusable; nothing is bound then.
+    """
+
+    def __init__(self, config: Config, reactor: object) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.context: ServerContext | None = None
+        self.ready: Deferred = Deferred()
+
+    def startService(self) -> None:
+        """Build the context (once), bind every listener, then write the ports file."""
+        try:
+            _remove(self.config.ports_file)
+        except OSError as error:
+            problem = error.strerror or error
+            raise StartupError(f"cannot remove {self.config.ports_file}: {problem}") from None
+        if self.context is None:
+            self.context = self._build_context()
+            for name in SERVICES:
+                description = self.config.listen.get(name)
+                if description:
+                    self._add_listener(name, description)
+        if not self.services:
+            log.warn("No listener is configured: mailgw serves nothing ([listen] is empty)")
+        super().startService()
+        listeners = list(self)
+        waiting = [
+            listener.bound.addErrback(self._cannot_listen, listener) for listener in listeners
+        ]
+        self.ready = gatherResults(waiting, consumeErrors=True)
+        self.ready.addCallback(self._all_bound, listeners)
+        self.ready.addErrback(self._start_failed)
+
+    def _build_context(self) -> ServerContext:
+        """build_context, with its failures turned into one-line StartupErrors."""
+        try:
+            return build_context(self.config, self.reactor)
+        except OSError as error:
+            where = f": {error.filename}" if error.filename else ""
+            raise StartupError(f"{error.strerror or error}{where}") from None
+        except (StoreError, UserDatabaseError) as error:
+            raise StartupError(str(error)) from None
+
+    def _add_listener(self, name: str, description: str) -> None:
+        """Add the child service listening for ``name``, wrapped in TLS if implicit."""
+        try:
+            endpoint, implicit_tls = server_endpoint(self.reactor, name, description)
+        except ValueError as error:
+            source = self.config.source or "<configuration>"
+            raise ConfigError(f"{source}: [listen] {name}: {error}") from None
+        factory = make_protocol_factory(self.context, name)
+        if implicit_tls:
+            factory = TLSMemoryBIOFactory(self.context.tls, False, factory)
+        ListenerService(name, description, endpoint, factory).setServiceParent(self)
+
+    def _cannot_listen(self, failure: Failure, listener: ListenerService) -> Failure:
+        """Name the listener that could not be bound."""
+        message = f"cannot listen for {listener.name} on {listener.description}: "
+        return Failure(StartupError(message + failure.getErrorMessage()))
+
+    def _all_bound(self, ports: list, listeners: list) -> dict:
+        """Log where each service listens, write the ports file, hint at adding users."""
+        bound = {}
+        for listener, port in zip(listeners, ports, strict=True):
+            host = port.getHost()
+            bound[listener.name] = getattr(host, "port", None) or os.fsdecode(host.name)
+            where = f"{host.host}:{host.port}" if hasattr(host, "port") else bound[listener.name]
+            log.info("{service} listening on {where}", service=listener.name, where=where)
+        if self.config.ports_file is not None:
+            try:
+                _write_json(self.config.ports_file, bound)
+            except OSError as error:
+                problem = error.strerror or error
+                raise StartupError(f"cannot write {self.config.ports_file}: {problem}") from None
+        self._hint_users()
+        return bound
+
+    def _hint_users(self) -> None:
+        """Say how to add a user, and that none exists yet if so."""
+        source = self.config.source
+        if source is not None:
+            command = f"mailgw --config {source} user add ADDRESS"
+        else:  # the embedded default finds its data in the current directory
+            command = f"mailgw user add ADDRESS (run in {self.config.data_dir.parent})"
+        if self.context.users.users():
+            log.info("mailgw is ready; add users with: {command}", command=command)
+        else:
+            log.warn(
+                "mailgw is ready but has no users yet: add one with: {command}", command=command
+            )
+
+    def _start_failed(self, failure: Failure) -> Failure:
+        """Stop what was bound and fail ``ready`` with a StartupError saying why."""
+        if failure.check(FirstError):
+            failure = failure.value.subFailure
+        if not failure.check(StartupError):
+            log.failure("Unexpected error during start-up", failure)
+        message = failure.getErrorMessage()
+        log.critical("mailgw cannot start: {error}", error=message)
+        self.stopService()
+        return Failure(StartupError(message))
+
+    def stopService(self) -> Deferred:
+        """Stop every listener and remove the ports file."""
+        stopped = super().stopService()
+        try:
+            _remove(self.config.ports_file)
+        except OSError as error:
+            log.warn("Cannot remove {path}: {error}", path=str(error.filename), error=error)
+        return stopped
+
+
+def _write_json(path: Path, value: object) -> None:
+    """Write ``value`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(value, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _remove(path: Path | None) -> None:
+    """Remove ``path`` if given and present."""
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+class Options(usage.Options):
+    """The command line of ``twistd mailgw``."""
+
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Run the mailgw mail server (SMTP, submission, POP3, IMAP4).  Without --config, the "
+        "embedded default is used: data in ./mailgw-data/, domain localhost, unprivileged ports "
+        "on 127.0.0.1 only (smtp 2525, submission 2587, submissions 2465, pop3 1110, pop3s 1995, "
+        "imap 1143, imaps 1993)."
+    )
+    optParameters = [
+        ["config", "c", None, "the configuration file (see etc/mailgw.ini)", Path],
+    ]
+
+
+class _TwistdService(MailgwService):
+    """MailgwService under twistd: a start-up failure ends the process with one line, and
+    SIGTERM, the ordinary way to stop a service, is a clean stop with exit status 0."""
+
+    _exit_message: str | None = None
+
+    def startService(self) -> None:
+        """Start, or raise SystemExit (twistd exits non-zero) with the reason on one line."""
+        try:
+            super().startService()
+        except (ConfigError, StartupError) as error:
+            raise SystemExit(f"mailgw: error: {error}") from None
+        self.ready.addErrback(self._exit)
+        if self._exit_message is not None:
+            raise SystemExit(self._exit_message)
+        # After the reactor's own handlers are in place (they make twistd re-raise SIGTERM).
+        self.reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._sigterm)
+
+    def _sigterm(self, number: int, frame: object) -> None:
+        """Stop the reactor, like Twisted's handler, but without re-raising the signal."""
+        self.reactor.callFromThread(self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
+        log.info("Received SIGTERM, shutting down.")
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # already on its way down
+
+    def _exit(self, failure: Failure) -> None:
+        """Remember why start-up failed; stop the reactor if it already runs."""
+        self._exit_message = f"mailgw: error: {failure.getErrorMessage()}"
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def makeService(options: Options) -> MultiService:
+    """Build the service ``twistd mailgw`` runs; a bad configuration exits with one line."""
+    from twisted.internet import reactor
+
+    path = options["config"]
+    try:
+        config = default_config() if path is None else load_config(path)
+    except ConfigError as error:
+        raise SystemExit(f"mailgw: error: {error}") from None
+    if path is None:
+        log.info(
+            "No --config given: using the embedded default (data in {data_dir}, "
+            "listening on 127.0.0.1 only)",
+            data_dir=str(config.data_dir),
+        )
+    return _TwistdService(config, reactor)
