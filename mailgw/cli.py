@@ -1,0 +1,243 @@
+"""The ``mailgw`` admin command: manage the users in the passwd-file and check a configuration.
+
+::
+
+    mailgw [--config FILE] user add ADDRESS [--password-stdin]
+    mailgw [--config FILE] user passwd ADDRESS [--password-stdin]
+    mailgw [--config FILE] user del ADDRESS
+    mailgw [--config FILE] user list
+    mailgw [--config FILE] check-config
+
+Without ``--config`` the embedded default configuration is used, as by a bare ``twistd mailgw``.
+Every failure is reported as one line on stderr (``mailgw: error: ...``) with a non-zero exit
+status: 1 when the operation failed, 2 when the command line itself is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from twisted.logger import LogLevel, formatEvent, globalLogBeginner
+
+from mailgw import __version__
+from mailgw.auth import (
+    NoSuchUser,
+    PasswdFileUserDatabase,
+    UserDatabaseError,
+    UserExists,
+)
+from mailgw.config import SERVICES, Config, ConfigError, default_config, load_config
+
+PROG = "mailgw"
+
+#: Exit status when the requested operation failed.
+EXIT_FAILURE = 1
+#: Exit status when the command line is wrong.
+EXIT_USAGE = 2
+#: Exit status after Ctrl-C.
+EXIT_INTERRUPTED = 130
+
+#: The longest password line read with --password-stdin, in octets.
+MAX_PASSWORD = 4096
+
+
+class CommandError(Exception):
+    """The command cannot be carried out; the message is shown to the user as is."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Report a command-line mistake on one line and exit with status 2."""
+        _fail(f"{message} (see '{self.prog} --help')", EXIT_USAGE)
+
+
+def _fail(message: str, status: int = EXIT_FAILURE) -> NoReturn:
+    """Print ``mailgw: error: <message>`` on one line of stderr and exit."""
+    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    print(f"{PROG}: error: {text}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser for the ``mailgw`` command line."""
+    parser = _Parser(prog=PROG, description="Administer a mailgw mail server.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="the configuration file (default: the embedded default configuration)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    user = commands.add_parser("user", help="add, change, remove or list users")
+    actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (("add", "add a user"), ("passwd", "set a user's password")):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("address", metavar="ADDRESS", help="e.g. alice@example.org")
+        action.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password as one line from standard input instead of prompting",
+        )
+    remove = actions.add_parser("del", help="remove a user", description="remove a user")
+    remove.add_argument("address", metavar="ADDRESS")
+    actions.add_parser("list", help="list the users", description="list the users")
+
+    commands.add_parser(
+        "check-config",
+        help="validate the configuration and summarise it",
+        description="validate the configuration and summarise it",
+    )
+    return parser
+
+
+def _load(path: Path | None) -> Config:
+    """The configuration named on the command line, or the embedded default."""
+    return default_config() if path is None else load_config(path)
+
+
+def _source(config: Config) -> str:
+    """Where a configuration came from, for messages."""
+    return str(config.source) if config.source is not None else "<embedded default>"
+
+
+def _local_address(config: Config, users: PasswdFileUserDatabase, address: str) -> str:
+    """The canonical form of ``address``; refuse one outside the configured local domains."""
+    canonical = users.canonical(address)
+    domain = canonical.rpartition("@")[2]
+    if domain not in config.domains:  # both lower-cased
+        raise CommandError(
+            f"{canonical}: domain {domain!r} is not one of the local domains "
+            f"({', '.join(config.domains)}) in {_source(config)}"
+        )
+    return canonical
+
+
+def read_password(from_stdin: bool) -> bytes:
+    """Read a new password: one line from stdin, or typed twice at a terminal prompt.
+
+    Refuse an empty password, a mismatch, and a non-terminal stdin without ``from_stdin``.
+    """
+    if from_stdin:
+        line = sys.stdin.buffer.readline(MAX_PASSWORD + 2)
+        password = line.rstrip(b"\r\n")
+        if len(password) > MAX_PASSWORD:
+            raise CommandError(f"the password is longer than {MAX_PASSWORD} octets")
+    else:
+        if not sys.stdin.isatty():
+            raise CommandError("standard input is not a terminal: use --password-stdin")
+        try:
+            first = getpass.getpass("New password: ")
+            second = getpass.getpass("Retype new password: ")
+        except EOFError:
+            raise CommandError("no password given") from None
+        if first != second:
+            raise CommandError("the passwords do not match")
+        password = first.encode("utf-8", "surrogateescape")
+    if not password:
+        raise CommandError("refusing an empty password")
+    return password
+
+
+def _user_command(args: argparse.Namespace, config: Config) -> None:
+    """Carry out ``mailgw user ...``."""
+    users = PasswdFileUserDatabase(config.users_file, config.allow_plaintext_schemes)
+    if args.action == "list":
+        for address in users.users():
+            print(address)
+        return
+    if args.action == "del":
+        # No domain check: a user left over from a domain no longer served can still be removed.
+        address = users.canonical(args.address)
+        try:
+            users.remove_user(address)
+        except NoSuchUser:
+            raise CommandError(f"{address}: no such user") from None
+        print(f"removed {address}")
+        return
+    address = _local_address(config, users, args.address)
+    if args.action == "add":
+        # Checked before asking for the password, and again (atomically) by add_user.
+        if users.exists(address):
+            raise CommandError(f"{address}: the user already exists")
+        password = read_password(args.password_stdin)
+        try:
+            users.add_user(address, password)
+        except UserExists:
+            raise CommandError(f"{address}: the user already exists") from None
+        print(f"added {address}")
+    else:
+        if not users.exists(address):
+            raise CommandError(f"{address}: no such user")
+        password = read_password(args.password_stdin)
+        try:
+            users.set_password(address, password)
+        except NoSuchUser:
+            raise CommandError(f"{address}: no such user") from None
+        print(f"password changed for {address}")
+
+
+def _check_config(config: Config) -> None:
+    """Carry out ``mailgw check-config``: the configuration loaded; summarise it."""
+    print(f"OK: {_source(config)}")
+    print(f"  hostname: {config.hostname}")
+    print(f"  domains: {', '.join(config.domains)}")
+    print(f"  data_dir: {config.data_dir}")
+    print(f"  users: {config.users_file}")
+    enabled = [(name, config.listen.get(name)) for name in SERVICES if config.listen.get(name)]
+    if not enabled:
+        print("  listeners: none")
+    for name, endpoint in enabled:
+        print(f"  {name}: {endpoint}")
+    if config.tls_certificate is not None:
+        print(f"  tls: {config.tls_certificate}")
+    if config.allow_plaintext:
+        print("  allow_plaintext: yes (passwords may travel without TLS)")
+
+
+def _describe_os_error(error: OSError) -> str:
+    """``<reason>: <file>`` for an OSError, without Python's ``[Errno N]`` noise."""
+    reason = error.strerror or str(error)
+    return f"{reason}: {error.filename}" if error.filename else reason
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    Exits through SystemExit, with one line on stderr, on any error.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        config = _load(args.config)
+        if args.command == "check-config":
+            _check_config(config)
+        else:
+            _user_command(args, config)
+    except (ConfigError, CommandError, UserDatabaseError) as error:
+        _fail(str(error))
+    except OSError as error:
+        _fail(_describe_os_error(error))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        _fail("interrupted", EXIT_INTERRUPTED)
+    return 0
+
+
+def _print_warning(event: dict) -> None:
+    """Log observer: show warnings and errors (e.g. a skipped passwd-file line) on stderr."""
+    if event.get("log_level", LogLevel.info) >= LogLevel.warn:
+        print(f"{PROG}: warning: {formatEvent(event)}", file=sys.stderr)
+
+
+def main() -> None:
+    """Entry point of the ``mailgw`` console script."""
+    globalLogBeginner.beginLoggingTo([_print_warning], redirectStandardIO=False)
+    raise SystemExit(run())
