@@ -1,4 +1,7 @@
-"""SIGKILL during a stream of deliveries: every acknowledged message survives, nothing half-written shows."""
+"""SIGKILL during a stream of deliveries: every acknowledged message survives whole.
+
+Nothing half-written is ever visible in new/ or cur/.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def _sender(port: int, prefix: str, acked: list, stop: threading.Event) -> None:
 
 
 def test_kill_during_deliveries_loses_nothing_acknowledged(tmp_path):
-    """Three rounds of SIGKILL at different moments under load; then every acked message is whole."""
+    """Three rounds of SIGKILL at different moments under load; every acked message stays whole."""
     config = write_config(tmp_path, services=("smtp", "pop3"))
     (tmp_path / "data").mkdir()
     assert mailgw(config, "user", "add", ALICE, "--password-stdin", stdin=PASSWORD).returncode == 0
@@ -57,7 +60,9 @@ def test_kill_during_deliveries_loses_nothing_acknowledged(tmp_path):
         server.start()
         stop = threading.Event()
         threads = [
-            threading.Thread(target=_sender, args=(server.ports["smtp"], f"r{round_}c{c}", acked, stop))
+            threading.Thread(
+                target=_sender, args=(server.ports["smtp"], f"r{round_}c{c}", acked, stop)
+            )
             for c in range(CLIENTS)
         ]
         for t in threads:

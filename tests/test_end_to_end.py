@@ -51,7 +51,7 @@ def running(tmp_path):
 
 
 def test_smtp_in_pop3_and_imap_out(running):
-    """A message sent with smtplib reads back identically over POP3 and IMAP; POP3 DELE shows in IMAP."""
+    """Sent with smtplib, read back identically over POP3 and IMAP; a POP3 DELE shows in IMAP."""
     ports = running.ports
     sent = _message("hello there", "Line one.\n.leading dot\nLast line.\n")
     with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as smtp:
