@@ -23,7 +23,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
@@ -33,6 +33,7 @@ from mailgw.context import ServerContext
 from mailgw.imap.fetch import FetchCommands
 from mailgw.imap.folders import FolderCommands
 from mailgw.imap.mailbox import ISessionListener
+from mailgw.sessions import BUSY_TEXT, SessionTracker, TrackedSession
 
 _log = Logger()
 
@@ -50,9 +51,10 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
 
     IDENT = b"mailgw IMAP4rev1 ready"
 
-    def __init__(self, context: ServerContext) -> None:
+    def __init__(self, context: ServerContext, tracked: TrackedSession) -> None:
         super().__init__(chal={}, contextFactory=context.tls)
         self.context = context
+        self.tracked = tracked
         self.portal = context.portal
         self.MAX_LENGTH = context.limits.command_line
         self.timeOut = self.POSTAUTH_TIMEOUT = context.limits.imap_idle_timeout
@@ -61,6 +63,23 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
         self._saved_timeout: float | None = None
         self._errors = 0
         self._searched = False
+
+    # -- connection life cycle ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Log the session start, then greet the client."""
+        self.tracked.connected(self.transport)
+        _Server.connectionMade(self)
+
+    def connectionLost(self, reason) -> None:
+        """Log the session end; log out."""
+        self.tracked.ended(reason)
+        _Server.connectionLost(self, reason)
+
+    def timeoutConnection(self) -> None:
+        """Autologout after ``imap_idle_timeout`` seconds of silence."""
+        self.tracked.closing("idle timeout")
+        _Server.timeoutConnection(self)
 
     # -- security -------------------------------------------------------------------------
 
@@ -100,7 +119,7 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
             self.sendNegativeResponse(tag, b"[PRIVACYREQUIRED] Use STARTTLS before LOGIN")
             return
         self.authenticateLogin(user, passwd).addCallbacks(
-            self._logged_in, self._login_failed, (tag,), None, (tag,)
+            self._logged_in, self._login_failed, (tag, user), None, (tag,)
         )
 
     unauth_LOGIN = (do_LOGIN, _Server.arg_astring, _Server.arg_finalastring)
@@ -115,10 +134,11 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
         creds = ClientCredentials(username, passwd, getattr(peer, "host", ""))
         return self.portal.login(creds, None, imap4.IAccount)
 
-    def _logged_in(self, result, tag):
+    def _logged_in(self, result, tag, user):
         _, avatar, logout = result
         self.account = avatar
         self._onLogout = logout
+        self.tracked.logged_in(user.decode("utf-8"))
         self.state = "auth"
         self.sendPositiveResponse(tag, b"LOGIN completed")
 
@@ -247,10 +267,15 @@ class IMAPFactory(ServerFactory):
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
+        busy = f"* BYE [UNAVAILABLE] {BUSY_TEXT}\r\n".encode("ascii")
+        self.sessions = SessionTracker(context.limits, "imap", busy)
 
-    def buildProtocol(self, addr) -> IMAPServer:
-        """A new session."""
-        protocol = IMAPServer(self.context)
+    def buildProtocol(self, addr) -> IMAPServer | Protocol:
+        """A new session, or a refusal when the connection limits are reached."""
+        tracked = self.sessions.start(addr)
+        if tracked is None:
+            return self.sessions.refusal()
+        protocol = IMAPServer(self.context, tracked)
         protocol.factory = self
         return protocol
 

@@ -42,6 +42,7 @@ from mailgw.context import ServerContext
 from mailgw.pop3.mailbox import MessageDeleted, NoSuchMessageNumber
 from mailgw.pop3.multiline import TERMINATOR, DotStuffer, TopReader
 from mailgw.pop3.parser import Command, CommandError, parse_command
+from mailgw.sessions import BUSY_TEXT, SessionTracker, TrackedSession
 from mailgw.store.interfaces import NoSuchMessage
 
 log = Logger(namespace="mailgw.pop3")
@@ -74,8 +75,9 @@ class POP3Session(POP3):
     #: Lines are split at LF, and parse_command drops the CR, so bare-LF clients work too.
     delimiter = b"\n"
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, tracked: TrackedSession) -> None:
         self.ctx = ctx
+        self.tracked = tracked
         self.timeOut = self._idle_timeout = ctx.limits.pop3_idle_timeout
         self.MAX_LENGTH = ctx.limits.command_line
         self._user_name: str | None = None
@@ -90,12 +92,14 @@ class POP3Session(POP3):
 
     def connectionMade(self) -> None:
         """Greet the client and start the idle timer."""
+        self.tracked.connected(self.transport)
         self.successResponse(f"{self.ctx.hostname} POP3 server ready")
         self.setTimeout(self.timeOut)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         """Stop the timer; log out once any operation in progress has finished."""
         self._lost = True
+        self.tracked.ended(reason)
         self.setTimeout(None)
         logout, self._onLogout = self._onLogout, None
         if logout is not None:
@@ -106,6 +110,7 @@ class POP3Session(POP3):
 
     def timeoutConnection(self) -> None:
         """Autologout after ``pop3_idle_timeout`` seconds of silence; nothing is deleted."""
+        self.tracked.closing("idle timeout")
         self.failResponse("Disconnected for inactivity")
         self.transport.loseConnection()
 
@@ -281,16 +286,11 @@ class POP3Session(POP3):
             return
         self.mbox = maildrop
         count, octets = maildrop.stat()
-        log.info("POP3 login {user} from {ip}", user=user, ip=self.transport.getPeer().host)
+        self.tracked.logged_in(user)
         self.successResponse(f"Logged in, {count} messages ({octets} octets)")
 
     def _login_failed(self, failure: Failure, user: str) -> None:
         if failure.check(LoginFailed):
-            log.info(
-                "POP3 login failed for {user} from {ip}",
-                user=user,
-                ip=self.transport.getPeer().host,
-            )
             self.failResponse(LOGIN_FAILED)
             return
         log.failure("POP3 login for {user} could not complete", failure, user=user)
@@ -448,10 +448,16 @@ class POP3Factory(protocol.ServerFactory):
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
+        busy = f"-ERR {SYS_TEMP_CODE}{BUSY_TEXT}\r\n".encode("ascii")
+        self.sessions = SessionTracker(ctx.limits, "pop3", busy)
 
-    def buildProtocol(self, addr: IAddress) -> POP3Session:
-        """Return a new session for a connection from ``addr``."""
-        session = POP3Session(self.ctx)
+    def buildProtocol(self, addr: IAddress) -> POP3Session | protocol.Protocol:
+        """Return a new session for a connection from ``addr``, or a refusal when the
+        connection limits are reached."""
+        tracked = self.sessions.start(addr)
+        if tracked is None:
+            return self.sessions.refusal()
+        session = POP3Session(self.ctx, tracked)
         session.factory = self
         return session
 

@@ -23,13 +23,14 @@ from collections import deque
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP, IMessageDelivery
 from twisted.python.failure import Failure
 
 from mailgw.auth import ClientCredentials
 from mailgw.context import ServerContext
+from mailgw.sessions import BUSY_TEXT, SessionTracker, TrackedSession
 from mailgw.smtp import replies, sasl
 from mailgw.smtp.delivery import Delivery, MessageWriter, Session
 from mailgw.smtp.parsing import (
@@ -52,9 +53,12 @@ _HARD_LINE_FACTOR = 4
 class SMTPServer(ESMTP):
     """One SMTP session: MX reception, or submission (``submission=True``: AUTH before MAIL)."""
 
-    def __init__(self, context: ServerContext, submission: bool = False) -> None:
+    def __init__(
+        self, context: ServerContext, tracked: TrackedSession, submission: bool = False
+    ) -> None:
         super().__init__(chal={}, contextFactory=context.tls)
         self.context = context
+        self.tracked = tracked
         self.submission = submission
         limits = context.limits
         self.host = context.hostname
@@ -102,6 +106,7 @@ class SMTPServer(ESMTP):
 
     def connectionMade(self) -> None:
         """Greet the client and start the idle timer."""
+        self.tracked.connected(self.transport)
         self._client_ip = str(getattr(self.transport.getPeer(), "host", ""))
         self.delivery = Delivery().bind(self._session())
         super().connectionMade()
@@ -109,11 +114,13 @@ class SMTPServer(ESMTP):
     def connectionLost(self, reason: Failure) -> None:
         """Throw away a message being received; log out."""
         self._lost = True
+        self.tracked.ended(reason)
         self._abort_transaction()
         super().connectionLost(reason)
 
     def timeoutConnection(self) -> None:
         """Say goodbye after ``smtp_idle_timeout`` seconds of silence."""
+        self.tracked.closing("idle timeout")
         self.reply(replies.SERVICE_CLOSING.with_text(f"{self.context.hostname} Idle timeout"))
         self._abort_transaction()
         self.transport.loseConnection()
@@ -374,13 +381,14 @@ class SMTPServer(ESMTP):
         self._exchange = None
         credentials = ClientCredentials(exchange.username, exchange.password, self._client_ip)
         login = self.portal.login(credentials, None, IMessageDelivery)
-        login.addCallbacks(self._logged_in, self._login_failed)
+        login.addCallbacks(self._logged_in, self._login_failed, (exchange.username,))
         return login
 
-    def _logged_in(self, result: tuple) -> None:
+    def _logged_in(self, result: tuple, username: str) -> None:
         _interface, avatar, logout = result
         self.authenticated = True
         self._onLogout = logout
+        self.tracked.logged_in(username)
         self.delivery = avatar.bind(self._session())
         self.reply(replies.AUTH_OK)
 
@@ -438,10 +446,19 @@ class SMTPFactory(ServerFactory):
     def __init__(self, context: ServerContext, submission: bool = False) -> None:
         self.context = context
         self.submission = submission
+        busy = Reply(421, "4.7.0", f"{context.hostname} {BUSY_TEXT}")
+        self.sessions = SessionTracker(
+            context.limits,
+            "submission" if submission else "smtp",
+            b"".join(line + b"\r\n" for line in busy.lines()),
+        )
 
-    def buildProtocol(self, addr: object) -> SMTPServer:
-        """A new session."""
-        protocol = SMTPServer(self.context, self.submission)
+    def buildProtocol(self, addr: object) -> SMTPServer | Protocol:
+        """A new session, or a refusal when the connection limits are reached."""
+        tracked = self.sessions.start(addr)
+        if tracked is None:
+            return self.sessions.refusal()
+        protocol = SMTPServer(self.context, tracked, self.submission)
         protocol.factory = self
         return protocol
 

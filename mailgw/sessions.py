@@ -1,0 +1,217 @@
+"""Connection limits and session logging, shared by the SMTP, POP3 and IMAP listeners.
+
+Each protocol factory owns one ``SessionTracker`` (so the limits hold per listener) and asks it
+for a ``TrackedSession`` in ``buildProtocol``.  The tracker promises:
+
+- at most ``Limits.connections`` sessions at once on the listener, and at most
+  ``Limits.connections_per_ip`` from one client IP;
+- a connection over a limit is never dropped silently: it gets the protocol's own "too busy"
+  reply (over TLS on an implicit-TLS listener), then the server closes it; a client that does
+  not go away is cut off after ``REFUSAL_GRACE`` seconds.  Refused connections are not counted;
+- counts come back down when a session ends, however it ends (QUIT, timeout, reset), and the
+  per-IP table only holds IPs with open sessions, so its size is bounded by ``connections``;
+- every admitted session logs one event when it starts (protocol, client ip:port, listener,
+  TLS) and one when it ends (protocol, client, duration, the logged-in user if any, how it
+  ended); a refusal logs one event.  Passwords never pass through here.  Login attempts
+  themselves are logged by the credentials checker (``mailgw.auth.checker``).
+
+The protocol calls ``TrackedSession.connected`` from ``connectionMade``,
+``TrackedSession.logged_in`` after a successful login, optionally ``TrackedSession.closing`` to
+say why the server hangs up, and ``TrackedSession.ended`` from ``connectionLost``.  The transport
+is never wrapped, so the protocols still see ``ISSLTransport`` on TLS connections.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailgw.context import Limits
+
+log = Logger()
+
+#: Seconds a refused client has to read the busy reply and go away before it is cut off.
+REFUSAL_GRACE = 10.0
+
+#: The text every protocol's "too busy" reply ends with.
+BUSY_TEXT = "Too many connections, try again later"
+
+
+def describe_address(address: object) -> str:
+    """``ip:port`` (``[ip]:port`` for IPv6) of a TCP address; ``str(address)`` otherwise."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class SessionTracker:
+    """Counts one listener's open sessions, in all and per client IP, and hands out Sessions."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        protocol_name: str,
+        busy_reply: bytes,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.limits = limits
+        self.protocol_name = protocol_name
+        #: The complete wire reply (with CRLF) sent to a refused client.
+        self.busy_reply = busy_reply
+        self.clock = clock if clock is not None else reactor
+        self._total = 0
+        self._per_ip: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        """How many sessions are open."""
+        return self._total
+
+    def count(self, peer_ip: str) -> int:
+        """How many sessions are open from ``peer_ip``."""
+        return self._per_ip.get(peer_ip, 0)
+
+    def admit(self, peer_ip: str | None) -> bool:
+        """Count a new session from ``peer_ip`` (None: no IP, only the total counts) if both
+        limits allow it; False, and nothing counted, if one does not."""
+        if self._total >= self.limits.connections:
+            return False
+        if peer_ip is not None:
+            if self._per_ip.get(peer_ip, 0) >= self.limits.connections_per_ip:
+                return False
+            self._per_ip[peer_ip] = self._per_ip.get(peer_ip, 0) + 1
+        self._total += 1
+        return True
+
+    def release(self, peer_ip: str | None) -> None:
+        """Uncount a session admitted for ``peer_ip``."""
+        self._total -= 1
+        if peer_ip is not None:
+            left = self._per_ip.pop(peer_ip) - 1
+            if left > 0:
+                self._per_ip[peer_ip] = left
+
+    def _over(self, peer_ip: str | None) -> str:
+        if self._total >= self.limits.connections:
+            return f"{self._total} connections open on this listener"
+        return f"{self.count(peer_ip)} connections open from {peer_ip}"
+
+    def start(self, address: IAddress) -> TrackedSession | None:
+        """A counted session for a client at ``address``, or None (logged) if over a limit."""
+        peer_ip = getattr(address, "host", None)
+        if self.admit(peer_ip):
+            return TrackedSession(self, peer_ip, describe_address(address))
+        log.warn(
+            "{protocol} connection from {client} refused: {why}",
+            protocol=self.protocol_name,
+            client=describe_address(address),
+            why=self._over(peer_ip),
+            session_event="refused",
+        )
+        return None
+
+    def refusal(self) -> Protocol:
+        """The protocol to serve a refused connection: busy reply, then close."""
+        return Refusal(self.busy_reply, self.clock, REFUSAL_GRACE)
+
+
+class TrackedSession:
+    """One admitted session: logs its start and end and gives its slot back when it ends."""
+
+    def __init__(self, tracker: SessionTracker, peer_ip: str | None, client: str) -> None:
+        self._tracker = tracker
+        self._peer_ip = peer_ip
+        #: The client as ``ip:port``.
+        self.client = client
+        #: The login name of the last successful login in this session, or None.
+        self.user: str | None = None
+        self._transport: object | None = None
+        self._started = tracker.clock.seconds()
+        self._why: str | None = None
+        self._open = True
+
+    def connected(self, transport: object) -> None:
+        """Log the start of the session on ``transport`` (call from ``connectionMade``)."""
+        self._transport = transport
+        self._started = self._tracker.clock.seconds()
+        log.info(
+            "{protocol} session {client} started on {listener}{tls_note}",
+            protocol=self._tracker.protocol_name,
+            client=self.client,
+            listener=describe_address(transport.getHost()),
+            tls=ISSLTransport.providedBy(transport),
+            tls_note=" (TLS)" if ISSLTransport.providedBy(transport) else "",
+            session_event="start",
+        )
+
+    def logged_in(self, user: str) -> None:
+        """Remember who logged in, for the end event."""
+        self.user = user
+
+    def closing(self, why: str) -> None:
+        """Say why the server is about to hang up (e.g. "idle timeout"), for the end event."""
+        self._why = why
+
+    def ended(self, reason: Failure) -> None:
+        """Log the end of the session and give its slot back (call from ``connectionLost``);
+        only the first call counts."""
+        if not self._open:
+            return
+        self._open = False
+        self._tracker.release(self._peer_ip)
+        log.info(
+            "{protocol} session {client} ended ({how}) after {duration:.1f} s, user {user!r}",
+            protocol=self._tracker.protocol_name,
+            client=self.client,
+            duration=self._tracker.clock.seconds() - self._started,
+            user=self.user,
+            how=self._how(reason),
+            session_event="end",
+        )
+
+    def _how(self, reason: Failure) -> str:
+        if self._why is not None:
+            return self._why
+        if getattr(self._transport, "disconnecting", False):
+            return "closed by server"
+        if reason.check(ConnectionDone):
+            return "closed by client"
+        return f"connection lost: {reason.getErrorMessage()}"
+
+
+class Refusal(Protocol):
+    """Serves a connection over the limits: sends the busy reply, closes, ignores input."""
+
+    def __init__(self, reply: bytes, clock: IReactorTime, grace: float) -> None:
+        self._reply = reply
+        self._clock = clock
+        self._grace = grace
+        self._cutoff: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        """Send the reply and close; cut the connection off if still open after the grace."""
+        self.transport.write(self._reply)
+        if ISSLTransport.providedBy(self.transport) or not hasattr(
+            self.transport, "loseWriteConnection"
+        ):
+            self.transport.loseConnection()
+        else:
+            # Half-close: keep reading (and discarding) until the client closes, so that input
+            # it already sent does not make the kernel reset the connection over the reply.
+            self.transport.loseWriteConnection()
+        self._cutoff = self._clock.callLater(self._grace, self.transport.abortConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Discard whatever the client sends."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Stop the cut-off timer."""
+        if self._cutoff is not None and self._cutoff.active():
+            self._cutoff.cancel()
+        self._cutoff = None
