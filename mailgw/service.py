@@ -1,22 +1,32 @@
 """Service composition: one ServerContext for everything, one listener per configured endpoint.
 
 ``MailgwService`` is what ``twistd mailgw`` runs (through ``makeService``, used by the plugin in
-``twisted/plugins/mailgw_plugin.py``): on start it builds the store, the user database, the
-login guard, the portal and the TLS options, binds every configured listener and, once all are
-bound, writes the ports file.
+``twisted/plugins/mailgw_plugin.py``).  Start-up has two steps, so that ``twistd --uid mail``
+can bind ports below 1024 as root and still create every file as the run-as user:
+
+- ``privilegedStartService`` (as root, before the switch): reads the [tls] certificate and key if
+  configured, and binds every listener with a ``PendingFactory`` standing in for the protocol
+  factory;
+- ``startService`` (after the switch): creates the data directories, the store, the user
+  database, the login guard, the portal and a generated certificate if none is configured, hands
+  each listener its real factory and, once all are bound, writes the ports file.
+
+Run any other way, ``privilegedStartService`` is still called first by the application, or by
+``startService`` itself when nothing called it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
+import pwd
 from functools import partial
 from pathlib import Path
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
-from twisted.internet.error import ReactorNotRunning
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.mail.imap4 import IAccount
 from twisted.mail.pop3 import IMailbox
@@ -45,7 +55,7 @@ from mailgw.config import (
 from mailgw.context import ServerContext
 from mailgw.store.interfaces import StoreError
 from mailgw.store.maildir import MaildirStore
-from mailgw.tls import load_or_create_tls
+from mailgw.tls import load_configured_tls, load_or_create_tls
 
 log = Logger()
 
@@ -54,8 +64,14 @@ class StartupError(Exception):
     """mailgw cannot start: the data directory is unusable or a listener cannot be bound."""
 
 
-def build_context(config: Config, reactor: object) -> ServerContext:
-    """Create the data directories, the store, users, guard, realm, portal and TLS options."""
+def build_context(
+    config: Config, reactor: object, tls: CertificateOptions | None = None
+) -> ServerContext:
+    """Create the data directories, the store, users, guard, realm, portal and TLS options.
+
+    ``tls`` is the TLS options already read from the [tls] files; without it they are read (or
+    a certificate is generated into the data directory) here.
+    """
     for directory in (config.data_dir, config.mail_dir, config.tmp_dir):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = MaildirStore(
@@ -78,7 +94,7 @@ def build_context(config: Config, reactor: object) -> ServerContext:
         store=store,
         users=users,
         portal=build_portal(users, guard, realm, clock=reactor),
-        tls=load_or_create_tls(config),
+        tls=tls if tls is not None else load_or_create_tls(config),
         allow_plaintext=config.allow_plaintext,
         limits=config.limits,
     )
@@ -99,21 +115,70 @@ def make_protocol_factory(context: ServerContext, service: str) -> object:
     return _FACTORY_MAKERS[plain](context)
 
 
+class PendingFactory(Factory):
+    """Bound in place of a protocol factory that does not exist yet.
+
+    Listeners are bound as root, before ``twistd --uid`` drops privileges, but their protocol
+    factories need the ServerContext, built afterwards.  ``attach`` hands over the real factory,
+    to which ``buildProtocol`` and the start/stop notifications are passed from then on.  No
+    connection is accepted before the reactor runs, so none is lost; one that somehow arrives
+    before ``attach`` is closed at once.
+    """
+
+    noisy = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        #: The real protocol factory, once attached.
+        self.real: Factory | None = None
+
+    def logPrefix(self) -> str:
+        """Name the listener in Twisted's "... starting on PORT" messages."""
+        return self.name
+
+    def attach(self, real: Factory) -> None:
+        """Serve every further connection with ``real``."""
+        self.real = real
+        if self.numPorts:
+            real.doStart()
+
+    def startFactory(self) -> None:
+        """Start the real factory, if there is one yet."""
+        if self.real is not None:
+            self.real.doStart()
+
+    def stopFactory(self) -> None:
+        """Stop the real factory, if there is one."""
+        if self.real is not None:
+            self.real.doStop()
+
+    def buildProtocol(self, addr: object) -> Protocol | None:
+        """The real factory's protocol, or None (the connection is closed) before ``attach``."""
+        if self.real is None:
+            log.warn(
+                "{service}: closed a connection from {peer} made before start-up ended",
+                service=self.name,
+                peer=str(addr),
+            )
+            return None
+        return self.real.buildProtocol(addr)
+
+
 class ListenerService(Service):
-    """One listener: binds its endpoint when started and stops listening when stopped."""
+    """One listener: bound in ``privilegedStartService``, stops listening when stopped."""
 
     def __init__(self, name: str, description: str, endpoint: object, factory: object) -> None:
         self.name = name
         self.description = description
         self.endpoint = endpoint
         self.factory = factory
-        #: Fires with the IListeningPort once bound (set by startService).
+        #: Fires with the IListeningPort once bound (set by privilegedStartService).
         self.bound: Deferred | None = None
         self.port = None
 
-    def startService(self) -> None:
-        """Start listening."""
-        super().startService()
+    def privilegedStartService(self) -> None:
+        """Start listening (as root under ``twistd --uid``: ports below 1024 are allowed)."""
+        super().privilegedStartService()
         self.bound = self.endpoint.listen(self.factory)
         self.bound.addCallback(self._listening)
 
@@ -137,8 +202,9 @@ class MailgwService(MultiService):
 
     ``ready`` fires with ``{service: port}`` once every listener is bound and the ports file is
     written, or fails with StartupError (and every listener is stopped again) if one cannot be
-    bound.  ``startService`` itself raises ConfigError or StartupError when the data directory,
-    the certificate or an endpoint string is unusable; nothing is bound then.
+    bound.  ``privilegedStartService`` raises ConfigError when an endpoint string or the [tls]
+    files are unusable (nothing is bound then); ``startService`` raises StartupError when the
+    data directory or the ports file is unusable, after closing every listener again.
     """
 
     def __init__(self, config: Config, reactor: object) -> None:
@@ -147,20 +213,36 @@ class MailgwService(MultiService):
         self.reactor = reactor
         self.context: ServerContext | None = None
         self.ready: Deferred = Deferred()
+        #: TLS options read from the [tls] files as root, if any are configured.
+        self._configured_tls: CertificateOptions | None = None
+        #: Has privilegedStartService bound the listeners since the last stop?
+        self._bound = False
+        #: The effective uid privilegedStartService ran as (twistd --uid switches after it).
+        self._privileged_uid = os.geteuid()
+
+    def privilegedStartService(self) -> None:
+        """Read the configured [tls] files and bind every listener; nothing is written."""
+        self._privileged_uid = os.geteuid()
+        if self.context is None:
+            self._configured_tls = load_configured_tls(self.config)
+        if not self.services:
+            for listener in self._make_listeners():
+                listener.setServiceParent(self)
+        super().privilegedStartService()
+        self._bound = True
 
     def startService(self) -> None:
-        """Build the context (once), bind every listener, then write the ports file."""
+        """Create the data and the context (once), serve on every listener, write the ports file.
+
+        Binds the listeners first if ``privilegedStartService`` has not.
+        """
+        if not self._bound:
+            self.privilegedStartService()
         try:
-            _remove(self.config.ports_file)
-        except OSError as error:
-            problem = error.strerror or error
-            raise StartupError(f"cannot remove {self.config.ports_file}: {problem}") from None
-        if self.context is None:
-            self.context = self._build_context()
-            for name in SERVICES:
-                description = self.config.listen.get(name)
-                if description:
-                    self._add_listener(name, description)
+            self._prepare()
+        except (ConfigError, StartupError):
+            self._unbind()
+            raise
         if not self.services:
             log.warn("No listener is configured: mailgw serves nothing ([listen] is empty)")
         super().startService()
@@ -172,27 +254,55 @@ class MailgwService(MultiService):
         self.ready.addCallback(self._all_bound, listeners)
         self.ready.addErrback(self._start_failed)
 
+    def _prepare(self) -> None:
+        """Remove a stale ports file; build the context and attach the real factories (once)."""
+        try:
+            _remove(self.config.ports_file)
+        except OSError as error:
+            problem = error.strerror or error
+            raise StartupError(f"cannot remove {self.config.ports_file}: {problem}") from None
+        if self.context is None:
+            self.context = self._build_context()
+            for listener in self:
+                listener.factory.attach(self._protocol_factory(listener.name))
+
+    def _unbind(self) -> None:
+        """Close every listener after a failed start."""
+        for listener in self:
+            listener.stopService()
+        self._bound = False
+
     def _build_context(self) -> ServerContext:
         """build_context, with its failures turned into one-line StartupErrors."""
         try:
-            return build_context(self.config, self.reactor)
+            return build_context(self.config, self.reactor, self._configured_tls)
         except OSError as error:
             where = f": {error.filename}" if error.filename else ""
             raise StartupError(f"{error.strerror or error}{where}") from None
         except (StoreError, UserDatabaseError) as error:
             raise StartupError(str(error)) from None
 
-    def _add_listener(self, name: str, description: str) -> None:
-        """Add the child service listening for ``name``, wrapped in TLS if implicit."""
-        try:
-            endpoint, implicit_tls = server_endpoint(self.reactor, name, description)
-        except ValueError as error:
-            source = self.config.source or "<configuration>"
-            raise ConfigError(f"{source}: [listen] {name}: {error}") from None
+    def _make_listeners(self) -> list[ListenerService]:
+        """One unbound ListenerService per configured endpoint; ConfigError for a bad one."""
+        listeners = []
+        for name in SERVICES:
+            description = self.config.listen.get(name)
+            if not description:
+                continue
+            try:
+                endpoint, _ = server_endpoint(self.reactor, name, description)
+            except ValueError as error:
+                source = self.config.source or "<configuration>"
+                raise ConfigError(f"{source}: [listen] {name}: {error}") from None
+            listeners.append(ListenerService(name, description, endpoint, PendingFactory(name)))
+        return listeners
+
+    def _protocol_factory(self, name: str) -> Factory:
+        """The real factory for listener ``name``, wrapped in TLS if it is an implicit-TLS one."""
         factory = make_protocol_factory(self.context, name)
-        if implicit_tls:
+        if name in IMPLICIT_TLS:
             factory = TLSMemoryBIOFactory(self.context.tls, False, factory)
-        ListenerService(name, description, endpoint, factory).setServiceParent(self)
+        return factory
 
     def _cannot_listen(self, failure: Failure, listener: ListenerService) -> Failure:
         """Name the listener that could not be bound."""
@@ -223,6 +333,8 @@ class MailgwService(MultiService):
             command = f"mailgw --config {source} user add ADDRESS"
         else:  # the embedded default finds its data in the current directory
             command = f"mailgw user add ADDRESS (run in {self.config.data_dir.parent})"
+        if os.geteuid() != self._privileged_uid:  # twistd --uid: the files belong to this user
+            command = f"sudo -u {_user_name(os.geteuid())} {command}"
         if self.context.users.users():
             log.info("mailgw is ready; add users with: {command}", command=command)
         else:
@@ -243,6 +355,7 @@ class MailgwService(MultiService):
 
     def stopService(self) -> Deferred:
         """Stop every listener and remove the ports file."""
+        self._bound = False
         stopped = super().stopService()
         try:
             _remove(self.config.ports_file)
@@ -256,6 +369,14 @@ def _write_json(path: Path, value: object) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(value, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(temporary, path)
+
+
+def _user_name(uid: int) -> str:
+    """The name of ``uid``, or ``#uid`` (as sudo accepts it) if it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"#{uid}"
 
 
 def _remove(path: Path | None) -> None:
@@ -272,7 +393,9 @@ class Options(usage.Options):
         "Run the mailgw mail server (SMTP, submission, POP3, IMAP4).  Without --config, the "
         "embedded default is used: data in ./mailgw-data/, domain localhost, unprivileged ports "
         "on 127.0.0.1 only (smtp 2525, submission 2587, submissions 2465, pop3 1110, pop3s 1995, "
-        "imap 1143, imaps 1993)."
+        "imap 1143, imaps 1993).  To serve ports below 1024, start it as root with twistd's "
+        "--uid and --gid: listeners are bound and the [tls] files read before the switch, and "
+        "every file is created after it, as that user."
     )
     optParameters = [
         ["config", "c", None, "the configuration file (see etc/mailgw.ini)", Path],
@@ -280,10 +403,16 @@ class Options(usage.Options):
 
 
 class _TwistdService(MailgwService):
-    """MailgwService under twistd: a start-up failure ends the process with one line, and
-    SIGTERM, the ordinary way to stop a service, is a clean stop with exit status 0."""
+    """MailgwService under twistd: a start-up failure ends the process with one line."""
 
     _exit_message: str | None = None
+
+    def privilegedStartService(self) -> None:
+        """Bind, or raise SystemExit (twistd exits non-zero) with the reason on one line."""
+        try:
+            super().privilegedStartService()
+        except (ConfigError, StartupError) as error:
+            raise SystemExit(f"mailgw: error: {error}") from None
 
     def startService(self) -> None:
         """Start, or raise SystemExit (twistd exits non-zero) with the reason on one line."""
@@ -294,19 +423,6 @@ class _TwistdService(MailgwService):
         self.ready.addErrback(self._exit)
         if self._exit_message is not None:
             raise SystemExit(self._exit_message)
-        # After the reactor's own handlers are in place (they make twistd re-raise SIGTERM).
-        self.reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._sigterm)
-
-    def _sigterm(self, number: int, frame: object) -> None:
-        """Stop the reactor, like Twisted's handler, but without re-raising the signal."""
-        self.reactor.callFromThread(self._stop_reactor)
-
-    def _stop_reactor(self) -> None:
-        log.info("Received SIGTERM, shutting down.")
-        try:
-            self.reactor.stop()
-        except ReactorNotRunning:
-            pass  # already on its way down
 
     def _exit(self, failure: Failure) -> None:
         """Remember why start-up failed; stop the reactor if it already runs."""

@@ -2,7 +2,9 @@
 
 The certificate is the one configured in ``[tls]``, or else a self-signed one for the host name
 that is generated into ``data_dir/tls/`` on first start (key mode 0600) and reused afterwards;
-it is generated again only when it has expired or no longer names the host.
+it is generated again only when it has expired or no longer names the host.  Under
+``twistd --uid`` the [tls] files are read as root (``load_configured_tls``) and a generated pair
+is written after the switch, as the run-as user (``load_or_create_tls``).
 """
 
 from __future__ import annotations
@@ -95,17 +97,28 @@ def tls_options(private_key: object, chain: list) -> CertificateOptions:
     )
 
 
+def load_configured_tls(config: Config) -> CertificateOptions | None:
+    """The TLS options from the [tls] files of ``config``, or None if it names none.
+
+    Nothing is written.  ``twistd --uid`` calls this as root, before privileges are dropped, so
+    the key may be readable by root only.  Raise ConfigError when a file is unusable.
+    """
+    if config.tls_certificate is None or config.tls_key is None:
+        return None
+    try:
+        private_key, chain = read_pem_pair(config.tls_certificate, config.tls_key)
+    except TLSFileError as error:
+        source = config.source or "<configuration>"
+        raise ConfigError(f"{source}: [tls] {error.which}: {error}") from None
+    return tls_options(private_key, chain)
+
+
 def load_or_create_tls(config: Config) -> CertificateOptions:
     """The TLS options for ``config``: its [tls] files, or the generated self-signed pair."""
-    if config.tls_certificate is not None and config.tls_key is not None:
-        try:
-            private_key, chain = read_pem_pair(config.tls_certificate, config.tls_key)
-        except TLSFileError as error:
-            source = config.source or "<configuration>"
-            raise ConfigError(f"{source}: [tls] {error.which}: {error}") from None
-    else:
-        private_key, chain = _generated_pair(config)
-    return tls_options(private_key, chain)
+    configured = load_configured_tls(config)
+    if configured is not None:
+        return configured
+    return tls_options(*_generated_pair(config))
 
 
 def generated_paths(config: Config) -> tuple[Path, Path]:

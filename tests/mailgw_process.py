@@ -40,23 +40,40 @@ delay_max = 0
     return path
 
 
-def mailgw(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run the ``mailgw`` admin command; return the completed process (text mode)."""
+def mailgw(
+    config: Path, *args: str, stdin: str | None = None, as_user: tuple[int, int] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the ``mailgw`` admin command; return the completed process (text mode).
+
+    ``as_user`` is a (uid, gid) to run it as (the test must run as root), as an admin does with
+    ``sudo -u mail mailgw ...`` so that the files it writes belong to the server's user.
+    """
+    identity = {}
+    if as_user is not None:
+        identity = {"user": as_user[0], "group": as_user[1], "extra_groups": []}
     return subprocess.run(
         [str(BIN / "mailgw"), "--config", str(config), *args],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
+        **identity,
     )
 
 
 class ServerProcess:
-    """``twistd -n mailgw --config FILE`` in a subprocess, with its ports from the ports_file."""
+    """``twistd -n mailgw --config FILE`` in a subprocess, with its ports from the ports_file.
 
-    def __init__(self, config: Path) -> None:
+    ``twistd_args`` go before ``mailgw`` (e.g. ``--uid``/``--gid``); ``ports_file`` is where the
+    config writes its ports (default ``ports.json`` next to the config).
+    """
+
+    def __init__(
+        self, config: Path, twistd_args: tuple = (), ports_file: Path | None = None
+    ) -> None:
         self.config = config
-        self.ports_file = config.parent / "ports.json"
+        self.twistd_args = tuple(twistd_args)
+        self.ports_file = ports_file or config.parent / "ports.json"
         self.log = config.parent / "twistd.log"
         self.process: subprocess.Popen | None = None
         self.ports: dict[str, int] = {}
@@ -66,7 +83,15 @@ class ServerProcess:
         self.ports_file.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [str(BIN / "twistd"), "-n", "--pidfile=", "mailgw", "--config", str(self.config)],
+                [
+                    str(BIN / "twistd"),
+                    "-n",
+                    "--pidfile=",
+                    *self.twistd_args,
+                    "mailgw",
+                    "--config",
+                    str(self.config),
+                ],
                 cwd=self.config.parent,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -75,7 +100,8 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while not self.ports_file.exists():
             if self.process.poll() is not None:
-                raise RuntimeError(f"twistd exited {self.process.returncode}:\n{self.log.read_text()}")
+                status = self.process.returncode
+                raise RuntimeError(f"twistd exited {status}:\n{self.log.read_text()}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"twistd did not bind in {timeout}s:\n{self.log.read_text()}")
@@ -90,8 +116,14 @@ class ServerProcess:
             self.process.wait(timeout=10)
 
     def stop(self) -> int:
-        """SIGTERM the server and return its exit status."""
+        """SIGTERM the server and return its exit status, 0 for an exit by SIGTERM.
+
+        twistd stops on SIGTERM (listeners closed, ports_file removed) and then ends itself with
+        that same signal, as Twisted does for every application: Popen reports that as -15.
+        """
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            return self.process.wait(timeout=20)
-        return self.process.returncode if self.process else 0
+            self.process.wait(timeout=20)
+        if self.process is None or self.process.returncode == -signal.SIGTERM:
+            return 0
+        return self.process.returncode

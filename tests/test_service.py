@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import in_reactor, make_config
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from mailgw.config import IMPLICIT_TLS, SERVICES, ConfigError, default_config
 from mailgw.service import MailgwService, Options, StartupError, makeService
@@ -153,14 +154,63 @@ def test_unwritable_ports_file_stops_start_up(tmp_path: Path) -> None:
         in_reactor(service.startService)
 
 
-def test_bad_endpoint_or_data_dir_fails_before_binding(tmp_path: Path) -> None:
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return probe.getsockname()[1]
+
+
+def test_bad_endpoint_or_data_dir_fails_and_leaves_nothing_bound(tmp_path: Path) -> None:
     config = make_config(tmp_path / "data", listen={"smtp": "tcp:nope"})
     with pytest.raises(ConfigError, match=r"\[listen\] smtp: invalid endpoint 'tcp:nope'"):
         in_reactor(MailgwService(config, reactor).startService)
     (tmp_path / "file").write_text("in the way")
-    config = make_config(tmp_path / "file" / "data", listen={"smtp": LOOPBACK})
+    port = free_port()
+    listen = {"smtp": f"tcp:{port}:interface=127.0.0.1"}
+    config = make_config(tmp_path / "file" / "data", listen=listen)
+    service = MailgwService(config, reactor)
     with pytest.raises(StartupError, match="Not a directory"):
-        in_reactor(MailgwService(config, reactor).startService)
+        in_reactor(service.startService)
+    in_reactor(lambda: deferLater(reactor, 0.05))  # stopListening closes on the next turn
+    assert refused(port)
+    assert not service.running
+
+
+def test_listeners_bind_before_any_file_is_created(tmp_path: Path) -> None:
+    """What twistd --uid relies on: privilegedStartService binds, and writes nothing."""
+    config = make_config(
+        tmp_path / "data", listen={"smtp": LOOPBACK, "imaps": LOOPBACK}, ports_file=None
+    )
+    service = MailgwService(config, reactor)
+    in_reactor(service.privilegedStartService)
+    try:
+        ports = {listener.name: listener.port.getHost().port for listener in service}
+        assert not config.data_dir.exists()
+        # Accepted before start-up ended: closed at once, without a word.
+        with socket.create_connection(("127.0.0.1", ports["smtp"]), timeout=5) as early:
+            assert early.recv(1024) == b""
+        in_reactor(service.startService)
+        assert in_reactor(lambda: service.ready) == ports
+        assert (config.data_dir / "tls" / "cert.pem").exists()
+        assert greeting("smtp", ports["smtp"]).startswith(b"220 mx.example.test")
+        assert greeting("imaps", ports["imaps"]).startswith(b"* OK")
+    finally:
+        in_reactor(service.stopService)
+    assert all(refused(port) for port in ports.values())
+
+
+def test_a_stopped_service_starts_again_on_its_ports(tmp_path: Path) -> None:
+    port = free_port()
+    config = make_config(tmp_path / "data", listen={"smtp": f"tcp:{port}:interface=127.0.0.1"})
+    service = MailgwService(config, reactor)
+    for _ in range(2):
+        in_reactor(service.startService)
+        try:
+            assert in_reactor(lambda: service.ready) == {"smtp": port}
+            assert greeting("smtp", port).startswith(b"220 ")
+        finally:
+            in_reactor(service.stopService)
+        assert refused(port)
 
 
 def test_start_creates_private_data_directories(tmp_path: Path) -> None:
@@ -234,8 +284,9 @@ def test_twistd_runs_the_server_and_stops_on_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 0
+    assert process.returncode in (0, -signal.SIGTERM)  # twistd ends itself with the signal
     log = stdout.decode()
+    assert "Received SIGTERM, shutting down." in log
     assert f"smtp listening on 127.0.0.1:{ports['smtp']}" in log
     assert "no users yet" in log and "mailgw --config" in log and "user add ADDRESS" in log
     assert not ports_file.exists()
