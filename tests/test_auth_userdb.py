@@ -268,3 +268,17 @@ def test_unknown_user_costs_as_much_as_a_wrong_password(tmp_path: Path) -> None:
 
     wrong, unknown = timed(ALICE), timed("nobody@example.test")
     assert 0.5 < unknown / wrong < 2.0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_root_writes_leave_files_to_the_data_directory_owner(tmp_path: Path) -> None:
+    """`mailgw user add` run by root keeps the passwd-file readable by the server's own user."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 65534, 65534)
+    db = PasswdFileUserDatabase(data / "passwd")
+    db.add_user("alice@example.test", b"pw")
+    for name in ("passwd", "passwd.lock"):
+        info = (data / name).stat()
+        assert (info.st_uid, info.st_gid) == (65534, 65534), name
+        assert stat.S_IMODE(info.st_mode) == 0o600

@@ -247,6 +247,7 @@ class PasswdFileUserDatabase:
         lock_path = self.path.with_name(self.path.name + ".lock")
         lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            _give_to_directory_owner(lock_fd, directory)
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
                 data = self.path.read_bytes()
@@ -280,6 +281,15 @@ def _lines_of(lines: list, address: str) -> set:
     }
 
 
+def _give_to_directory_owner(fd: int, directory: Path) -> None:
+    """Run as root, make the file belong to the directory's owner (the user the server runs as).
+
+    So ``mailgw user add`` run by root never leaves a passwd-file the server cannot read."""
+    if os.geteuid() == 0:
+        owner = directory.stat()
+        os.fchown(fd, owner.st_uid, owner.st_gid)
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` by a file holding ``data``: temp file, fsync, rename, fsync directory."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -287,6 +297,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     try:
         try:
             os.fchmod(fd, 0o600)
+            _give_to_directory_owner(fd, path.parent)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
