@@ -18,6 +18,7 @@ import fcntl
 import os
 import threading
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from twisted.logger import Logger
@@ -35,6 +36,7 @@ from mailgw.auth.passwd import (
     parse_text,
     split_scheme,
 )
+from mailgw.durable import replace_file
 
 log = Logger()
 
@@ -256,7 +258,11 @@ class PasswdFileUserDatabase:
             except OSError as e:
                 raise PasswdFileError(f"cannot read {self.path}: {e}") from e
             text = format_text(change(_decode(data)))
-            _write_atomically(self.path, text.encode("utf-8"))
+            replace_file(
+                self.path,
+                text.encode("utf-8"),
+                prepare=partial(_give_to_directory_owner, directory=directory),
+            )
         finally:
             os.close(lock_fd)
         log.info("passwd-file {path} rewritten", path=str(self.path))
@@ -288,28 +294,3 @@ def _give_to_directory_owner(fd: int, directory: Path) -> None:
     if os.geteuid() == 0:
         owner = directory.stat()
         os.fchown(fd, owner.st_uid, owner.st_gid)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by a file holding ``data``: temp file, fsync, rename, fsync directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            _give_to_directory_owner(fd, path.parent)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

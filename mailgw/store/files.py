@@ -9,7 +9,10 @@ import re
 import time
 from pathlib import Path
 
+from mailgw.durable import fsync_dir, write_all
 from mailgw.store.interfaces import StoreError
+
+__all__ = ["fsync_dir", "write_all"]  # re-exported for the store's modules
 
 #: Mode of message files and of the directories the store creates.
 FILE_MODE = 0o600
@@ -20,15 +23,6 @@ STALE_TMP_SECONDS = 36 * 3600
 
 _counter = itertools.count(1)
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the directory entries of ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def escape_hostname(hostname: str) -> str:
@@ -82,9 +76,7 @@ def write_durably(path: Path, data: bytes, mtime: float | None = None) -> None:
     except OSError as e:
         raise store_error("cannot create a message file", e) from e
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         if mtime is not None:
             os.utime(fd, (mtime, mtime))
         os.fsync(fd)

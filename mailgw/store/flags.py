@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mailgw.store.files import FILE_MODE, fsync_dir, store_error
+from mailgw.durable import replace_file
+from mailgw.store.files import FILE_MODE, store_error
 from mailgw.store.interfaces import SYSTEM_FLAGS, StoreError
 
 KEYWORDS_FILE = "dovecot-keywords"
@@ -112,16 +113,8 @@ class Keywords:
 
     def _save(self) -> None:
         text = "".join(f"{i} {name}\n" for i, name in enumerate(self._names) if name is not None)
-        tmp = self._path.with_name(KEYWORDS_FILE + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            try:
-                os.write(fd, text.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self._path)
-            fsync_dir(self._path.parent)
+            replace_file(self._path, text.encode("utf-8"), FILE_MODE)
         except OSError as e:
             raise store_error("cannot save the keyword table", e) from e
         st = os.stat(self._path)

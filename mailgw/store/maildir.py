@@ -19,6 +19,7 @@ from pathlib import Path
 
 from zope.interface import implementer
 
+from mailgw.durable import replace_file
 from mailgw.store.events import Listeners, call_now
 from mailgw.store.files import (
     DIR_MODE,
@@ -268,16 +269,8 @@ class MaildirStore:
         except (OSError, ValueError):
             last = 0
         value = max(int(time.time()), last + 1)
-        tmp = user_dir / f"{UIDVALIDITY_FILE}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            try:
-                os.write(fd, f"{value:08x}\n".encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            fsync_dir(user_dir)
+            replace_file(path, f"{value:08x}\n".encode(), FILE_MODE)
         except OSError as e:
             raise store_error("cannot record UIDVALIDITY", e) from e
         return value

@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mailgw.store.files import FILE_MODE, fsync_dir, store_error
+from mailgw.durable import replace_file
+from mailgw.store.files import FILE_MODE, fsync_dir, store_error, write_all
 from mailgw.store.interfaces import StoreError
 
 UIDLIST = "dovecot-uidlist"
@@ -277,9 +278,7 @@ class UidList:
                     # A torn line (crash during an append): cut it away first.
                     os.ftruncate(fd, self._offset)
                 os.lseek(fd, self._offset, os.SEEK_SET)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -288,11 +287,8 @@ class UidList:
         self._offset += len(data)
 
     def _write_new(self, data: bytes) -> None:
-        tmp = self.directory / (UIDLIST + ".tmp")
         try:
-            self._write_file(tmp, data, exclusive=False)
-            os.replace(tmp, self.path)
-            fsync_dir(self.directory)
+            replace_file(self.path, data, FILE_MODE)
             self._ino = os.stat(self.path).st_ino
         except OSError as e:
             raise store_error(f"cannot rewrite {self.path}", e) from e
@@ -303,7 +299,7 @@ class UidList:
         flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
         fd = os.open(path, flags, FILE_MODE)
         try:
-            os.write(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
