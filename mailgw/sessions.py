@@ -166,11 +166,12 @@ class TrackedSession:
         self._open = False
         self._tracker.release(self._peer_ip)
         log.info(
-            "{protocol} session {client} ended ({how}) after {duration:.1f} s, user {user!r}",
+            "{protocol} session {client} ended ({how}) after {duration:.1f} s, {login}",
             protocol=self._tracker.protocol_name,
             client=self.client,
             duration=self._tracker.clock.seconds() - self._started,
             user=self.user,
+            login=f"user {self.user}" if self.user else "no login",
             how=self._how(reason),
             session_event="end",
         )

@@ -265,6 +265,8 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
 class IMAPFactory(ServerFactory):
     """Builds an IMAPServer per connection, all sharing one ServerContext."""
 
+    noisy = False
+
     def __init__(self, context: ServerContext) -> None:
         self.context = context
         busy = f"* BYE [UNAVAILABLE] {BUSY_TEXT}\r\n".encode("ascii")

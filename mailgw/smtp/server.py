@@ -443,6 +443,8 @@ class SMTPServer(ESMTP):
 class SMTPFactory(ServerFactory):
     """Builds SMTPServer sessions over one ServerContext."""
 
+    noisy = False
+
     def __init__(self, context: ServerContext, submission: bool = False) -> None:
         self.context = context
         self.submission = submission
