@@ -48,6 +48,7 @@ LIMIT_MINIMUMS = {
     "smtp_command_line": 512,  # RFC 5321 4.5.3.1.4
     "smtp_text_line": 1000,  # RFC 5321 4.5.3.1.6
     "smtp_idle_timeout": 300,  # RFC 5321 4.5.3.2.7
+    "smtp_data_timeout": 180,  # RFC 5321 4.5.3.2.4 (a client's data block timeout)
     "pop3_idle_timeout": 600,  # RFC 1939 3
     "imap_idle_timeout": 1800,  # RFC 3501 5.4
 }
@@ -56,6 +57,9 @@ LIMIT_MINIMUMS = {
 ZERO_ALLOWED = frozenset({"delay_start", "delay_max"})
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+#: Characters that may separate a user from the detail of a subaddress (user+detail@domain).
+DELIMITER_CHARACTERS = frozenset("+-_=.#~&$^*/?'{|}")
 
 
 class ConfigError(Exception):
@@ -80,6 +84,12 @@ class Config:
     allow_plaintext_schemes: bool = False
     #: The user database (Dovecot passwd-file format); default ``data_dir/passwd``.
     passwd_file: Path | None = None
+    #: Aliases and catch-alls (``alias@domain: target, ...``); None for none.
+    aliases_file: Path | None = None
+    #: Who gets postmaster@ of a local domain that has no user or alias of that name.
+    postmaster: str | None = None
+    #: Characters separating a user from a subaddress detail ('' disables subaddresses).
+    recipient_delimiter: str = "+"
     limits: Limits = field(default_factory=Limits)
     guard: GuardSettings = field(default_factory=GuardSettings)
     #: The file this came from, for messages (None for the embedded default).
@@ -199,7 +209,16 @@ def _one_line(text: str) -> str:
 
 #: Every section and key the loader knows.
 _SCHEMA = {
-    "mailgw": ("data_dir", "hostname", "domains", "ports_file", "passwd_file"),
+    "mailgw": (
+        "data_dir",
+        "hostname",
+        "domains",
+        "ports_file",
+        "passwd_file",
+        "aliases_file",
+        "postmaster",
+        "recipient_delimiter",
+    ),
     "listen": SERVICES,
     "tls": ("certificate", "key"),
     "auth": ("allow_plaintext", "allow_plaintext_schemes"),
@@ -271,10 +290,11 @@ class _Reader:
             raise self.fail("mailgw", "data_dir", "required (where mail and users are kept)")
         self.check_data_dir(data_dir)
         certificate, key = self.tls_files()
+        domains = self.domains()
         return Config(
             data_dir=data_dir,
             hostname=self.hostname(),
-            domains=self.domains(),
+            domains=domains,
             ports_file=self.ports_file(data_dir),
             listen=self.listen(),
             tls_certificate=certificate,
@@ -282,6 +302,9 @@ class _Reader:
             allow_plaintext=self.boolean("auth", "allow_plaintext"),
             allow_plaintext_schemes=self.boolean("auth", "allow_plaintext_schemes"),
             passwd_file=self.passwd_file(data_dir),
+            aliases_file=self.aliases_file(),
+            postmaster=self.postmaster(domains),
+            recipient_delimiter=self.recipient_delimiter(),
             limits=self.limits(),
             guard=self.guard(),
             source=self.path,
@@ -365,6 +388,49 @@ class _Reader:
         elif not path.parent.is_dir() and path.parent != data_dir:
             raise self.fail("mailgw", "passwd_file", f"directory {path.parent} does not exist")
         return path
+
+    def aliases_file(self) -> Path | None:
+        """The aliases file, if any: a readable file, or one to come in an existing directory."""
+        path = self.path_value("mailgw", "aliases_file")
+        if path is None:
+            return None
+        if path.exists():
+            if not path.is_file():
+                raise self.fail("mailgw", "aliases_file", f"{path} is not a regular file")
+            if not os.access(path, os.R_OK):
+                raise self.fail("mailgw", "aliases_file", f"{path} is not readable")
+        elif not path.parent.is_dir():
+            raise self.fail("mailgw", "aliases_file", f"directory {path.parent} does not exist")
+        return path
+
+    def postmaster(self, domains: tuple) -> str | None:
+        """The address that gets postmaster@ mail: canonical, in a local domain."""
+        from mailgw.auth.errors import InvalidAddress
+        from mailgw.auth.passwd import canonical_address
+
+        value = self.raw("mailgw", "postmaster")
+        if not value:
+            return None
+        try:
+            address = canonical_address(value)
+        except InvalidAddress as error:
+            raise self.fail("mailgw", "postmaster", str(error)) from None
+        if address.partition("@")[2] not in domains:
+            problem = f"{value!r} is not in a local domain (mailgw does not relay mail yet)"
+            raise self.fail("mailgw", "postmaster", problem)
+        return address
+
+    def recipient_delimiter(self) -> str:
+        """The subaddress separators; absent means '+', empty means none."""
+        if not self.parser.has_option("mailgw", "recipient_delimiter"):
+            return "+"
+        value = self.raw("mailgw", "recipient_delimiter")
+        bad = sorted(set(value) - DELIMITER_CHARACTERS)
+        if bad:
+            allowed = " ".join(sorted(DELIMITER_CHARACTERS))
+            problem = f"{bad[0]!r} cannot separate a subaddress (use some of: {allowed})"
+            raise self.fail("mailgw", "recipient_delimiter", problem)
+        return value
 
     def listen(self) -> dict:
         """service -> endpoint string, for the enabled services, each checked by Twisted."""

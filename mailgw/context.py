@@ -29,6 +29,9 @@ class Limits:
     session_errors: int = 20
     #: Seconds of silence before an SMTP session is closed (RFC 5321 4.5.3.2: 5 minutes).
     smtp_idle_timeout: float = 300.0
+    #: Seconds of silence inside DATA, between the 354 and the final dot, before the session is
+    #: closed (RFC 5321 4.5.3.2: a client allows 3 minutes per data block, 10 for the reply).
+    smtp_data_timeout: float = 600.0
     #: Seconds of silence before POP3 autologout (RFC 1939: at least 10 minutes).
     pop3_idle_timeout: float = 600.0
     #: Seconds of silence before IMAP autologout (RFC 3501: at least 30 minutes).
@@ -70,3 +73,5 @@ class ServerContext:
     #: May passwords travel without TLS?  (config [auth] allow_plaintext; tests may say yes.)
     allow_plaintext: bool = False
     limits: Limits = field(default_factory=Limits)
+    #: Who receives mail for a local address (``mailgw.recipients.Recipients``); None: users only.
+    recipients: object | None = None

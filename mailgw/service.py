@@ -53,6 +53,7 @@ from mailgw.config import (
     server_endpoint,
 )
 from mailgw.context import ServerContext
+from mailgw.recipients import AliasFile, Recipients
 from mailgw.store.interfaces import StoreError
 from mailgw.store.maildir import MaildirStore
 from mailgw.tls import load_configured_tls, load_or_create_tls
@@ -81,6 +82,14 @@ def build_context(
         config.users_file, allow_plaintext_schemes=config.allow_plaintext_schemes
     )
     guard = LoginGuard(config.guard, clock=reactor)
+    recipients = Recipients(
+        users,
+        config.domains,
+        AliasFile(config.aliases_file, frozenset(config.domains), users),
+        config.recipient_delimiter,
+        config.postmaster,
+    )
+    recipients.check()
     realm = MailRealm(
         {
             IMessageDelivery: partial(smtp.make_avatar, store),
@@ -97,6 +106,7 @@ def build_context(
         tls=tls if tls is not None else load_or_create_tls(config),
         allow_plaintext=config.allow_plaintext,
         limits=config.limits,
+        recipients=recipients,
     )
 
 

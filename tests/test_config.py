@@ -48,7 +48,9 @@ def test_sample_file_loads_and_documents_every_key() -> None:
     assert config.data_dir == REPO / "etc" / "mailgw-data"
     assert config.limits == Limits() and config.guard == GuardSettings()
     text = sample.read_text()
-    for key in ["data_dir", "hostname", "domains", "ports_file", "passwd_file", *SERVICES]:
+    mailgw_keys = ["data_dir", "hostname", "domains", "ports_file", "passwd_file"]
+    mailgw_keys += ["aliases_file", "postmaster", "recipient_delimiter"]
+    for key in [*mailgw_keys, *SERVICES]:
         assert f"\n{key} =" in text or f"\n# {key} =" in text, key
     for key in ["certificate", "key", "allow_plaintext", "allow_plaintext_schemes"]:
         assert f"# {key} =" in text, key
@@ -68,6 +70,9 @@ hostname = MX.Example.Test
 domains = Example.TEST, other.test , example.test
 ports_file = ports.json
 passwd_file = users/passwd
+aliases_file = users/aliases
+postmaster = Hostmaster@Other.Test
+recipient_delimiter = +-
 
 [listen]
 smtp = tcp:25
@@ -93,6 +98,7 @@ smtp_text_line = 2000
 smtp_recipients = 50
 session_errors = 5
 smtp_idle_timeout = 301.5
+smtp_data_timeout = 181
 pop3_idle_timeout = 700
 imap_idle_timeout = 1900
 command_line = 4096
@@ -114,6 +120,9 @@ block_seconds = 60
     assert config.domains == ("example.test", "other.test")
     assert config.ports_file == tmp_path / "ports.json"
     assert config.passwd_file == config.users_file == tmp_path / "users" / "passwd"
+    assert config.aliases_file == tmp_path / "users" / "aliases", "need not exist yet"
+    assert config.postmaster == "hostmaster@other.test"
+    assert config.recipient_delimiter == "+-"
     assert config.listen == {
         "smtp": "tcp:25",
         "submission": "tcp:587:interface=127.0.0.1",
@@ -132,6 +141,7 @@ block_seconds = 60
         smtp_recipients=50,
         session_errors=5,
         smtp_idle_timeout=301.5,
+        smtp_data_timeout=181.0,
         pop3_idle_timeout=700.0,
         imap_idle_timeout=1900.0,
         command_line=4096,
@@ -157,6 +167,13 @@ def test_minimal_file_gets_the_defaults(tmp_path: Path, monkeypatch: pytest.Monk
     assert config.tls_certificate is None and config.tls_key is None
     assert not config.allow_plaintext and not config.allow_plaintext_schemes
     assert config.limits == Limits() and config.guard == GuardSettings()
+    assert config.aliases_file is None and config.postmaster is None
+    assert config.recipient_delimiter == "+"
+
+
+def test_empty_recipient_delimiter_disables_subaddresses(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE + "recipient_delimiter =\n"))
+    assert config.recipient_delimiter == ""
 
 
 def test_default_config_is_loopback_only_on_unprivileged_ports() -> None:
@@ -239,6 +256,12 @@ def assert_error(path: Path, where: str, *fragments: str) -> None:
         ("passwd_file = nowhere/passwd\n", "[mailgw] passwd_file", "does not exist"),
         ("passwd_file = .\n", "[mailgw] passwd_file", "not a regular file"),
         ("ports_file = .\n", "[mailgw] ports_file", "is a directory"),
+        ("aliases_file = nowhere/aliases\n", "[mailgw] aliases_file", "does not exist"),
+        ("aliases_file = .\n", "[mailgw] aliases_file", "not a regular file"),
+        ("postmaster = pm@elsewhere.test\n", "[mailgw] postmaster", "not in a local domain"),
+        ("postmaster = postmaster\n", "[mailgw] postmaster", "exactly one '@'"),
+        ("recipient_delimiter = +@\n", "[mailgw] recipient_delimiter", "'@' cannot separate"),
+        ("[limits]\nsmtp_data_timeout = 179\n", "[limits] smtp_data_timeout", "at least 180"),
     ],
 )
 def test_bad_values_name_file_section_key_and_problem(

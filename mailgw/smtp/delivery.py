@@ -2,9 +2,10 @@
 
 ``Delivery`` implements Twisted's ``twisted.mail.smtp.IMessageDelivery`` (the avatar the realm
 hands out after AUTH, and the policy of anonymous sessions).  It departs from Twisted's model in
-one way, on purpose: ``validateTo`` returns the canonical recipient address instead of a factory
+one way, on purpose: ``validateTo`` returns the users a recipient resolves to (through
+``mailgw.recipients``: users, aliases, catch-alls, postmaster, subaddresses) instead of a factory
 of one ``IMessageSMTP`` per recipient, because mailgw writes a message once
-(``IMailStore.incoming()``) and hard-links it to every recipient on commit.  ``MessageWriter``
+(``IMailStore.incoming()``) and hard-links it to every user on commit.  ``MessageWriter``
 replaces Twisted's per-recipient ``IMessageSMTP`` line sink and ``SMTP._messageHandled``: it
 enforces the size and line limits while streaming, and its reply comes only after the commit
 (fsync) has returned.
@@ -23,6 +24,7 @@ from twisted.mail.smtp import IMessageDelivery
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailgw.recipients import PostmasterUnavailable, Recipients, UnknownRecipient
 from mailgw.smtp import replies
 from mailgw.smtp.parsing import CommandError, Mailbox
 from mailgw.smtp.replies import Reply
@@ -36,10 +38,11 @@ _BARE_LINE_END = re.compile(rb"\r|\n")
 class Session:
     """What a Delivery needs to know of the server and the connection it serves."""
 
-    users: object  # IUserDatabase
-    domains: frozenset
+    recipients: Recipients
     hostname: str
-    secure: bool = False
+    #: The TLS in use, as Postfix's Received: header says it (``TLSv1.3 with cipher ...``),
+    #: or None on a plaintext connection.
+    tls: str | None = None
 
 
 @implementer(IMessageDelivery)
@@ -59,50 +62,56 @@ class Delivery:
         return replace(self, session=session)
 
     def validateFrom(self, helo: tuple, origin: Mailbox | None) -> Mailbox | None:
-        """Accept the sender; an authenticated user may only send as themself."""
+        """Accept the sender; an authenticated user may only use their own addresses.
+
+        Those are the user's address, its subaddresses and the aliases that deliver to the
+        user (``Recipients.may_send_as``); the null sender is not one of them."""
         if self.user is None:
             return origin
-        users = self._session().users
-        sender = str(origin) if origin is not None else ""
-        if not users.exists(sender) or users.canonical(sender) != self.user:
+        recipients = self._session().recipients
+        if origin is None or not recipients.may_send_as(self.user, str(origin)):
             raise CommandError(replies.SENDER_NOT_OWNED)
         return origin
 
-    def validateTo(self, user: Mailbox) -> str:
-        """Return the canonical address of a local recipient, or raise CommandError.
+    def validateTo(self, user: Mailbox) -> tuple[str, ...]:
+        """Return the users that get a copy for this recipient, or raise CommandError.
 
-        Mail goes only to existing users of the local domains (no outbound relay yet, even
-        after AUTH); a domain-less ``postmaster`` is the first local ``postmaster@`` user."""
-        session = self._session()
-        if not user.domain:
-            for domain in sorted(session.domains):
-                if session.users.exists(f"postmaster@{domain}"):
-                    return session.users.canonical(f"postmaster@{domain}")
-            raise CommandError(replies.NO_SUCH_USER)
-        if user.domain not in session.domains:
+        Mail goes only to the local domains (no outbound relay yet, even after AUTH), through
+        ``mailgw.recipients``; a domain-less ``postmaster`` is the first local domain's."""
+        recipients = self._session().recipients
+        if user.domain and not recipients.is_local(user.domain):
             raise CommandError(replies.RELAY_DENIED)
-        address = str(user)
-        if not session.users.exists(address):
-            raise CommandError(replies.NO_SUCH_USER)
-        return session.users.canonical(address)
+        try:
+            return recipients.resolve(str(user))
+        except UnknownRecipient:
+            raise CommandError(replies.NO_SUCH_USER) from None
+        except PostmasterUnavailable:
+            raise CommandError(replies.MISCONFIGURED) from None
 
     def receivedHeader(
         self, helo: tuple, origin: Mailbox | None, recipients: list, *, transaction_id: str = ""
     ) -> bytes:
         """The ``Received:`` trace header (RFC 5321 4.4), folded, without the final CRLF.
 
-        ``helo`` is (EHLO/HELO name, client IP, True if EHLO); the ``for`` clause names the
-        recipient only when there is one, so Bcc recipients stay hidden from each other."""
+        Written as Postfix writes it: ``from HELO (unknown [IP])`` (no reverse DNS lookup is
+        made, which Postfix writes as ``unknown``), then the TLS in use and the authenticated
+        sender, each on its own line, and the protocol named as RFC 3848 says (ESMTP, ESMTPS,
+        ESMTPA, ESMTPSA).  ``helo`` is (EHLO/HELO name, client IP, True if EHLO); the ``for``
+        clause names the recipient only when there is one, so Bcc recipients stay hidden."""
         name, client_ip, extended = helo
         session = self._session()
         protocol = "ESMTP" if extended else "SMTP"
         if extended:
-            protocol += ("S" if session.secure else "") + ("A" if self.user else "")
-        lines = [
-            f"Received: from {name} ([{client_ip}])",
+            protocol += ("S" if session.tls else "") + ("A" if self.user else "")
+        lines = [f"Received: from {name} (unknown [{client_ip}])"]
+        if session.tls:
+            lines.append(f"\t(using {session.tls})")
+        if self.user:
+            lines.append(f"\t(Authenticated sender: {self.user})")
+        lines.append(
             f"\tby {session.hostname} (mailgw) with {protocol}"
-            + (f" id {transaction_id}" if transaction_id else ""),
-        ]
+            + (f" id {transaction_id}" if transaction_id else "")
+        )
         if len(recipients) == 1:
             lines.append(f"\tfor <{recipients[0]}>; {formatdate(localtime=True)}")
         else:

@@ -28,6 +28,7 @@ _RCPT = re.compile(rb"TO:[ \t]*<([^<>]*)>(?:[ \t]+(.*))?", re.I | re.S)
 _PARAM = re.compile(rb"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?")
 _SIZE = re.compile(rb"[0-9]{1,20}")
 _BODY_TYPES = {b"7BIT": "7BIT", b"8BITMIME": "8BITMIME"}
+_DOT_ATOM = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 #: Local-part characters that route mail elsewhere: percent hack, bang path, quoted '@'.
 _ROUTING = (b"%", b"!", b"@")
 
@@ -151,6 +152,8 @@ def _parse_path(path: bytes, for_delivery: bool) -> Mailbox:
     except AddressError:
         raise CommandError(bad) from None
     local, domain = address.local, address.domain
+    if local.startswith(b'"') and local.endswith(b'"') and _DOT_ATOM.fullmatch(local[1:-1]):
+        local = local[1:-1]  # "alice"@example.org is alice@example.org (RFC 5321 4.1.2)
     if not local or len(local) > 64 or len(local) + len(domain) > 253:
         raise CommandError(bad)
     if domain and not _DOMAIN.fullmatch(domain):

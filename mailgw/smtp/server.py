@@ -11,7 +11,13 @@ handling, because Twisted's falls short for a mail gateway:
   the connection silently);
 - every reply carries an RFC 3463 enhanced status code (``mailgw.smtp.replies``);
 - addresses are parsed strictly (``mailgw.smtp.parsing``), and DATA is streamed once into the
-  store (``mailgw.smtp.delivery.MessageWriter``) with 250 sent only after the commit.
+  store (``mailgw.smtp.delivery.MessageWriter``) with 250 sent only after the commit;
+- EHLO advertises PIPELINING, SIZE, 8BITMIME and ENHANCEDSTATUSCODES, AUTH (PLAIN and LOGIN,
+  never CRAM-MD5) only under TLS, and the session is reset by STARTTLS (Twisted 26.10 does none
+  of this; ``tests/test_smtp_regressions.py`` holds one test per defect);
+- inside DATA the idle timer is ``smtp_data_timeout``, not ``smtp_idle_timeout``.
+
+SMTPUTF8 (RFC 6531) is not offered: addresses are ASCII, and a non-ASCII one gets 501.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from twisted.python.failure import Failure
 
 from mailgw.auth import ClientCredentials
 from mailgw.context import ServerContext
+from mailgw.recipients import Recipients
 from mailgw.sessions import BUSY_TEXT, SessionTracker, TrackedSession
 from mailgw.smtp import replies, sasl
 from mailgw.smtp.delivery import Delivery, MessageWriter, Session
@@ -76,7 +83,9 @@ class SMTPServer(ESMTP):
         self._extended = False
         self._client_ip = ""
         self._mail: MailCommand | None = None
+        #: The envelope recipients as given, and the users they resolved to (no duplicates).
         self._recipients: dict[str, None] = {}
+        self._users: dict[str, None] = {}
         self._writer: MessageWriter | None = None
         self._exchange: sasl.Exchange | None = None
         self._commands = {
@@ -119,9 +128,10 @@ class SMTPServer(ESMTP):
         super().connectionLost(reason)
 
     def timeoutConnection(self) -> None:
-        """Say goodbye after ``smtp_idle_timeout`` seconds of silence."""
-        self.tracked.closing("idle timeout")
-        self.reply(replies.SERVICE_CLOSING.with_text(f"{self.context.hostname} Idle timeout"))
+        """Say goodbye after ``smtp_idle_timeout`` (in DATA ``smtp_data_timeout``) seconds."""
+        what = "DATA timeout" if self._writer is not None else "Idle timeout"
+        self.tracked.closing(what.lower())
+        self.reply(replies.SERVICE_CLOSING.with_text(f"{self.context.hostname} {what}"))
         self._abort_transaction()
         self.transport.loseConnection()
 
@@ -250,6 +260,7 @@ class SMTPServer(ESMTP):
         self.delivery.validateFrom(self._helo_info(), command.sender)
         self._mail = command
         self._recipients = {}
+        self._users = {}
         self.reply(replies.SENDER_OK)
 
     def do_RCPT(self, argument: bytes) -> None:
@@ -258,8 +269,10 @@ class SMTPServer(ESMTP):
             raise CommandError(replies.NEED_MAIL)
         if len(self._recipients) >= self.context.limits.smtp_recipients:
             raise CommandError(replies.TOO_MANY_RECIPIENTS)
-        address = self.delivery.validateTo(parse_rcpt(argument))
-        self._recipients[address] = None
+        mailbox = parse_rcpt(argument)
+        users = self.delivery.validateTo(mailbox)
+        self._recipients[str(mailbox)] = None
+        self._users.update(dict.fromkeys(users))
         self.reply(replies.RECIPIENT_OK)
 
     def do_DATA(self, argument: bytes) -> None:
@@ -272,6 +285,7 @@ class SMTPServer(ESMTP):
             raise CommandError(replies.SYNTAX)
         transaction_id = secrets.token_hex(8).upper()
         limits = self.context.limits
+        self.delivery = self.delivery.bind(self._session())
         sender = self._mail.sender
         try:
             writer = MessageWriter(
@@ -293,6 +307,7 @@ class SMTPServer(ESMTP):
             _log.failure("Cannot start incoming message {id}", id=transaction_id)
             raise CommandError(replies.LOCAL_ERROR) from None
         self._writer = writer
+        self.setTimeout(limits.smtp_data_timeout)
         self.reply(replies.START_DATA)
 
     def do_RSET(self, argument: bytes) -> None:
@@ -408,7 +423,19 @@ class SMTPServer(ESMTP):
     # -- session state
 
     def _session(self) -> Session:
-        return Session(self.context.users, self.context.domains, self.context.hostname, self.secure)
+        return Session(self.factory.recipients, self.context.hostname, self._tls_description())
+
+    def _tls_description(self) -> str | None:
+        """The TLS in use as Postfix writes it in Received:, e.g. ``TLSv1.3 with cipher ...``."""
+        if not self.secure:
+            return None
+        connection = self.transport.getHandle()
+        version = connection.get_protocol_version_name()
+        cipher = connection.get_cipher_name()
+        if not cipher or version == "Unknown":
+            return None
+        bits = connection.get_cipher_bits()
+        return f"{version} with cipher {cipher} ({bits}/{bits} bits)"
 
     def _start_session(self, helo_name: str | None, extended: bool) -> None:
         """EHLO/HELO (or STARTTLS, which forgets the EHLO): reset the transaction."""
@@ -424,10 +451,11 @@ class SMTPServer(ESMTP):
         writer = self._writer
         if not writer.feed(line):
             return None
-        sender, addresses = self._mail.sender, list(self._recipients)
+        sender, addresses = self._mail.sender, list(self._users)
         self._writer = None
         self._mail = None
         self._recipients = {}
+        self._users = {}
         finished = writer.finish(sender, addresses)
         finished.addCallback(self.reply)
         return finished
@@ -438,6 +466,7 @@ class SMTPServer(ESMTP):
             self._writer = None
         self._mail = None
         self._recipients = {}
+        self._users = {}
 
 
 class SMTPFactory(ServerFactory):
@@ -448,6 +477,10 @@ class SMTPFactory(ServerFactory):
     def __init__(self, context: ServerContext, submission: bool = False) -> None:
         self.context = context
         self.submission = submission
+        #: Who receives mail for a local address.
+        self.recipients = context.recipients or Recipients(
+            context.users, tuple(sorted(context.domains))
+        )
         busy = Reply(421, "4.7.0", f"{context.hostname} {BUSY_TEXT}")
         self.sessions = SessionTracker(
             context.limits,
