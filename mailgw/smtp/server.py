@@ -23,16 +23,18 @@ SMTPUTF8 (RFC 6531) is not offered: addresses are ASCII, and a non-ASCII one get
 from __future__ import annotations
 
 import base64
+import itertools
 import secrets
 from collections import deque
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP, IMessageDelivery
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailgw.auth import ClientCredentials
 from mailgw.context import ServerContext
@@ -57,6 +59,7 @@ _log = Logger()
 _HARD_LINE_FACTOR = 4
 
 
+@implementer(IPushProducer, IHandshakeListener)
 class SMTPServer(ESMTP):
     """One SMTP session: MX reception, or submission (``submission=True``: AUTH before MAIL)."""
 
@@ -78,6 +81,8 @@ class SMTPServer(ESMTP):
         self._draining = False
         self._waiting: Deferred | None = None
         self._lost = False
+        #: The transport paused us: the client is not reading its replies.
+        self._output_full = False
         self._errors = 0
         self._helo_name: str | None = None
         self._extended = False
@@ -118,7 +123,17 @@ class SMTPServer(ESMTP):
         self.tracked.connected(self.transport)
         self._client_ip = str(getattr(self.transport.getPeer(), "host", ""))
         self.delivery = Delivery().bind(self._session())
+        if not self.secure:  # under implicit TLS: once the handshake is done
+            self.transport.registerProducer(self, True)
         super().connectionMade()
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up: from now on a full write buffer may pause reading (see pauseProducing).
+
+        Not before: the TLS layer pauses its producer while it holds replies written before the
+        handshake, and the handshake itself needs the reading that the pause would stop."""
+        if not self._lost and not self.transport.disconnecting:
+            self.transport.registerProducer(self, True)
 
     def connectionLost(self, reason: Failure) -> None:
         """Throw away a message being received; log out."""
@@ -133,7 +148,7 @@ class SMTPServer(ESMTP):
         self.tracked.closing(what.lower())
         self.reply(replies.SERVICE_CLOSING.with_text(f"{self.context.hostname} {what}"))
         self._abort_transaction()
-        self.transport.loseConnection()
+        self._hang_up()
 
     # -- input
 
@@ -152,7 +167,7 @@ class SMTPServer(ESMTP):
         self._lines.clear()
         self._abort_transaction()
         self.reply(replies.LINE_TOO_LONG)
-        self.transport.loseConnection()
+        self._hang_up()
 
     def lineReceived(self, line: bytes) -> None:
         """Handle one line: DATA text, an AUTH response or a command."""
@@ -178,10 +193,28 @@ class SMTPServer(ESMTP):
             return
         self._draining = True
         try:
-            while self._lines and self._waiting is None and not self.transport.disconnecting:
-                self.lineReceived(self._lines.popleft())
+            while (
+                self._lines
+                and self._waiting is None
+                and not self._output_full
+                and not self.transport.disconnecting
+            ):
+                if self._writer is None or not self._data_block():
+                    self.lineReceived(self._lines.popleft())
         finally:
             self._draining = False
+
+    def _data_block(self) -> bool:
+        """Hand the queued DATA lines before the end-of-data line to the writer in one call;
+        False if there are fewer than two or they need the line-by-line path."""
+        lines = self._lines
+        end = lines.index(b".") if b"." in lines else len(lines)
+        if end < 2 or not self._writer.feed_lines(list(itertools.islice(lines, end))):
+            return False
+        for _ in range(end):
+            lines.popleft()
+        self.resetTimeout()
+        return True
 
     def _wait(self, result: Deferred) -> None:
         """Hold further input (and the idle timer) until ``result`` fires."""
@@ -197,8 +230,9 @@ class SMTPServer(ESMTP):
             self.reply(replies.LOCAL_ERROR)
         if not self._lost and not self.transport.disconnecting:
             self.setTimeout(self.timeout)
-            self.transport.resumeProducing()
-            self._drain()
+            if not self._output_full:
+                self.transport.resumeProducing()
+                self._drain()
 
     def _command(self, line: bytes) -> Deferred | None:
         if len(line) > self.context.limits.smtp_command_line - 2:
@@ -211,6 +245,27 @@ class SMTPServer(ESMTP):
 
     # -- output
 
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full (the client does not read its replies): stop
+        reading and running commands, so that replies are never buffered without bound."""
+        self._output_full = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The replies went out: read and run commands again, unless one is still waiting."""
+        self._output_full = False
+        if self._waiting is None and not self._lost:
+            self.transport.resumeProducing()
+            self._drain()
+
+    def stopProducing(self) -> None:
+        """The connection is going away; ``connectionLost`` cleans up."""
+
+    def _hang_up(self) -> None:
+        """Close once the replies are sent (a registered producer would hold the close)."""
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
     def reply(self, reply: Reply) -> None:
         """Send a reply; hang up after too many errors in one session."""
         for line in reply.lines():
@@ -221,7 +276,7 @@ class SMTPServer(ESMTP):
                 for line in replies.TOO_MANY_ERRORS.lines():
                     self.sendLine(line)
                 self._abort_transaction()
-                self.transport.loseConnection()
+                self._hang_up()
 
     # -- commands
 
@@ -325,7 +380,7 @@ class SMTPServer(ESMTP):
         """Say goodbye and close."""
         self.reply(replies.BYE)
         self._abort_transaction()
-        self.transport.loseConnection()
+        self._hang_up()
 
     def do_VRFY(self, argument: bytes) -> None:
         """Never tell whether a user exists (RFC 5321 3.5.3: 252)."""
@@ -341,6 +396,7 @@ class SMTPServer(ESMTP):
             raise CommandError(replies.ALREADY_TLS)
         if self.context.tls is None or not self.canStartTLS:
             raise CommandError(replies.TLS_NOT_AVAILABLE)
+        self.transport.unregisterProducer()  # registered again by handshakeCompleted
         self.reply(replies.START_TLS)
         self._buffer = b""
         self._lines.clear()
