@@ -1,4 +1,4 @@
-"""POP3 wire format without a network: command parsing, byte-stuffing, TOP's cut."""
+"""POP3 wire format without a network: command parsing, SASL PLAIN, byte-stuffing, TOP's cut."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from mailgw.pop3.multiline import DotStuffer, TopReader
 from mailgw.pop3.parser import Command, CommandError, parse_command
+from mailgw.pop3.sasl import Cancelled, SaslError, decode_response, plain_credentials
 
 
 def test_commands_parse_case_insensitively_with_typed_arguments():
@@ -20,6 +21,22 @@ def test_commands_parse_case_insensitively_with_typed_arguments():
 
 def test_pass_keeps_spaces_in_the_password():
     assert parse_command(b"PASS  a secret ") == Command("PASS", text=b" a secret ")
+
+
+def test_auth_takes_a_mechanism_and_an_optional_initial_response():
+    assert parse_command(b"AUTH") == Command("AUTH")
+    assert parse_command(b"auth plain") == Command("AUTH", text=b"PLAIN")
+    long_response = b"A" * 300
+    assert parse_command(b"AUTH PLAIN " + long_response) == Command(
+        "AUTH", text=b"PLAIN", response=long_response
+    )
+
+
+def test_arguments_are_limited_to_40_characters_except_passwords():
+    assert parse_command(b"USER " + b"u" * 40).text == b"u" * 40
+    assert parse_command(b"PASS " + b"p" * 200).text == b"p" * 200
+    with pytest.raises(CommandError, match="40 characters"):
+        parse_command(b"USER " + b"u" * 41)
 
 
 @pytest.mark.parametrize(
@@ -48,6 +65,9 @@ def test_pass_keeps_spaces_in_the_password():
         b"APOP alice digest",
         b"\xff\xfe",
         b"RETR \xd9\xa1",
+        b"AUTH PLAIN abc extra",
+        b"AUTH " + b"M" * 41,
+        b"NOOP " + b"x" * 41,
     ],
 )
 def test_bad_lines_raise_command_error(line):
@@ -101,3 +121,28 @@ def test_top_sends_header_blank_line_and_n_body_lines(size):
 
 def test_top_of_a_message_without_body_is_the_whole_message():
     assert read_all(TopReader(io.BytesIO(b"Subject: s\r\n"), 3), 16384) == b"Subject: s\r\n"
+
+
+def test_sasl_responses_decode_base64_equals_and_star():
+    assert decode_response(b"AGFsaWNlAHB3\r") == b"\0alice\0pw"
+    assert decode_response(b"=") == b""
+    with pytest.raises(Cancelled):
+        decode_response(b"*")
+    with pytest.raises(SaslError):
+        decode_response(b"not base64!")
+
+
+def test_plain_gives_the_user_and_password_and_refuses_a_foreign_identity():
+    assert plain_credentials(b"\0alice@x.test\0pw with space") == ("alice@x.test", b"pw with space")
+    assert plain_credentials(b"a@x\0a@x\0pw") == ("a@x", b"pw")
+    for bad in (
+        b"",
+        b"a@x\0pw",
+        b"\0a@x\0p\0w",
+        b"\0\0pw",
+        b"\0a@x\0",
+        b"b@x\0a@x\0pw",
+        b"\0a\x01\0pw",
+    ):
+        with pytest.raises(SaslError):
+            plain_credentials(bad)

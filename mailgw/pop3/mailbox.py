@@ -3,10 +3,13 @@
 Implements Twisted's ``IMailbox`` (0-based indexes, deletion marks, ``sync``) over an
 ``IFolder`` of mailgw's store, replacing ``twisted.mail.maildir.MaildirMailbox``, which scans the
 directory on the reactor, counts sizes with LF line ends and deletes by renaming into a trash
-folder.  Here the list of messages is a snapshot taken once per session (``load``, run in a
-thread), sizes are the store's exact CRLF sizes, UIDL is ``<uidvalidity>.<uid>`` (stable across
-sessions and restarts) and ``sync`` expunges the marked messages durably.  Methods that touch the
-disk (``load``, ``getMessage``, ``sync``) block: the session runs them with ``deferToThread``.
+folder.  Here ``load`` (run in a thread) takes the exclusive maildrop lock (``lock``) and then a
+snapshot of the list of messages, kept for the session: mail delivered meanwhile shows at the next
+login, and a message expunged meanwhile (over IMAP) is reported gone when asked for.  Sizes are
+the store's exact CRLF sizes, UIDL is ``<uidvalidity>.<uid>`` (the store's identity of the
+message: stable across sessions and restarts, never reused), ``sync`` expunges the marked messages
+durably, and ``close`` releases the lock.  Methods that touch the disk (``load``, ``getMessage``,
+``sync``) block: the session runs them with ``deferToThread``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import BinaryIO
 
 from twisted.mail.pop3 import IMailbox
 from zope.interface import implementer
+
+from mailgw.pop3.lock import MaildropLock, acquire
 
 
 class NoSuchMessageNumber(ValueError):
@@ -38,13 +43,22 @@ class Maildrop:
         self.address = address
         self._store = store
         self._folder = None
+        self._lock: MaildropLock | None = None
         self._infos: list = []
         self._deleted: set[int] = set()
 
     def load(self) -> None:
-        """Take the snapshot of the INBOX (blocking: scans the directory).  Raise StoreError."""
-        self._folder = self._store.folder(self.address)
-        self._infos = list(self._folder.messages())
+        """Lock the maildrop, then take the snapshot of the INBOX (blocking: scans the directory).
+
+        Raise ``lock.MaildropLocked`` if another POP3 session holds it, or StoreError."""
+        folder = self._store.folder(self.address)
+        lock = acquire(folder.address, getattr(folder, "path", None))
+        try:
+            infos = list(folder.messages())
+        except BaseException:
+            lock.release()
+            raise
+        self._folder, self._lock, self._infos = folder, lock, infos
         self._deleted.clear()
 
     def info(self, index: int) -> object:
@@ -110,10 +124,14 @@ class Maildrop:
         self._deleted.clear()
 
     def close(self) -> None:
-        """End the session's view without changing the store (deletion marks are dropped)."""
+        """End the session's view without changing the store (deletion marks are dropped) and
+        release the maildrop lock.  Calling it again does nothing."""
         self._infos = []
         self._deleted.clear()
         self._folder = None
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
 
 def make_avatar(store: object, address: str) -> tuple[Maildrop, Callable[[], None]]:

@@ -3,8 +3,11 @@
 Replaces the parsing inside ``twisted.mail.pop3.POP3.state_COMMAND``, which splits on spaces and
 hands the pieces to ``do_<KEYWORD>`` methods found by reflection, so that a wrong argument count
 surfaces as a ``TypeError`` and ``DELE 0`` is taken for the last message.  Here every command has
-a declared argument shape, message numbers are checked to be positive decimal integers, and any
-mistake is a ``CommandError`` whose text is the ``-ERR`` reply.  Pure: bytes in, objects out; no
+a declared argument shape, message numbers are checked to be positive decimal integers, arguments
+are at most 40 characters (RFC 2449 section 4), and any mistake is a ``CommandError`` whose text is
+the ``-ERR`` reply.  Two arguments are exempt from the 40-character rule: PASS's password (the rest
+of the line, RFC 1939 section 7; generated passwords are often longer) and AUTH's initial response
+(RFC 5034 section 4); the command line limit still bounds them.  Pure: bytes in, objects out; no
 Twisted, no disk.
 """
 
@@ -14,6 +17,9 @@ from dataclasses import dataclass
 
 #: A message number or line count longer than this is refused rather than converted.
 MAX_NUMBER_DIGITS = 10
+
+#: The longest argument a command may have, in characters (RFC 1939 section 3, RFC 2449 section 4).
+MAX_ARGUMENT = 40
 
 
 class CommandError(ValueError):
@@ -30,8 +36,10 @@ class Command:
     number: int | None = None
     #: TOP's count of body lines.
     count: int | None = None
-    #: USER's name or PASS's password, as sent.
+    #: USER's name, PASS's password, or AUTH's mechanism (upper-case), as sent.
     text: bytes = b""
+    #: AUTH's initial response (still base64), or None when the client sent none.
+    response: bytes | None = None
 
 
 _NO_ARGS = "none"
@@ -40,11 +48,13 @@ _NUMBER = "number"
 _NUMBER_AND_COUNT = "number and count"
 _WORD = "word"
 _REST_OF_LINE = "rest of line"
+_MECHANISM = "mechanism and optional initial response"
 
 #: Every command mailgw knows and the arguments it takes.
 _SHAPES = {
     "USER": _WORD,
     "PASS": _REST_OF_LINE,
+    "AUTH": _MECHANISM,
     "QUIT": _NO_ARGS,
     "CAPA": _NO_ARGS,
     "STLS": _NO_ARGS,
@@ -89,6 +99,10 @@ def parse_command(line: bytes) -> Command:
             raise CommandError(f"{name} needs an argument")
         return Command(name, text=rest)
     args = rest.split()
+    if shape == _MECHANISM:
+        return _auth(args)
+    if any(len(arg) > MAX_ARGUMENT for arg in args):
+        raise CommandError(f"{name}: arguments are limited to {MAX_ARGUMENT} characters")
     if shape == _NO_ARGS:
         if args:
             raise CommandError(f"{name} takes no arguments")
@@ -108,3 +122,14 @@ def parse_command(line: bytes) -> Command:
     if len(args) != 2:
         raise CommandError(f"{name} needs a message number and a line count")
     return Command(name, number=parse_number(args[0]), count=parse_number(args[1], minimum=0))
+
+
+def _auth(args: list[bytes]) -> Command:
+    """AUTH [mechanism [initial-response]] (RFC 5034; bare AUTH lists the mechanisms)."""
+    if len(args) > 2:
+        raise CommandError("AUTH takes a mechanism and at most an initial response")
+    if not args:
+        return Command("AUTH")
+    if len(args[0]) > MAX_ARGUMENT:
+        raise CommandError(f"AUTH: arguments are limited to {MAX_ARGUMENT} characters")
+    return Command("AUTH", text=args[0].upper(), response=args[1] if len(args) == 2 else None)

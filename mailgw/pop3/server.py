@@ -15,12 +15,20 @@ Replaces, and why:
   counted by STAT/LIST/UIDL nor retrievable.
 - QUIT: the marked messages are expunged in a thread and ``+OK`` is sent only once that is
   durable; a dropped connection deletes nothing.
+- the maildrop is exclusive (Twisted takes no lock): login locks it (``lock``), a second login
+  meanwhile gets ``-ERR [IN-USE]``, and the lock goes at the end of UPDATE (before the ``+OK``
+  to QUIT), on disconnect and on timeout.
 - long operations: reading from the client is paused while one runs, so pipelined input stays
   bounded, and an unexpected failure answers ``-ERR`` instead of stalling the session.
 - limits: an over-long line gets ``-ERR`` before the disconnect; idle timeout from
   ``ctx.limits.pop3_idle_timeout``.
-- USER/PASS only on a secure session unless ``ctx.allow_plaintext``; STLS with ``ctx.tls``,
-  discarding any input that followed the STLS line (RFC 2595 section 4).
+- login: USER/PASS and AUTH PLAIN (RFC 5034, ``sasl``), both only on a secure session unless
+  ``ctx.allow_plaintext``, both through the portal and its password-guessing guard; STLS with
+  ``ctx.tls``, discarding any input that followed the STLS line (RFC 2595 section 4).  CAPA
+  (RFC 2449) lists USER, SASL and STLS only when they can be used at that moment.
+- APOP is not offered: it proves knowledge of the plaintext password, which the server would
+  have to keep, while the user database holds only password hashes; and its MD5 digest is no
+  protection today.  Passwords are protected by TLS instead.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from twisted.python.failure import Failure
 
 from mailgw.auth import ClientCredentials
 from mailgw.context import ServerContext
+from mailgw.pop3 import sasl
+from mailgw.pop3.lock import MaildropLocked
 from mailgw.pop3.mailbox import MessageDeleted, NoSuchMessageNumber
 from mailgw.pop3.multiline import TERMINATOR, DotStuffer, TopReader
 from mailgw.pop3.parser import Command, CommandError, parse_command
@@ -50,6 +60,14 @@ log = Logger(namespace="mailgw.pop3")
 #: RFC 2449 / RFC 3206 response codes used in -ERR replies.
 AUTH_CODE = "[AUTH] "
 SYS_TEMP_CODE = "[SYS/TEMP] "
+IN_USE_CODE = "[IN-USE] "
+
+#: The -ERR text for a login to a maildrop that another POP3 session holds.
+MAILDROP_LOCKED = IN_USE_CODE + "maildrop already locked"
+
+#: A message (or TOP view) up to this many octets is read whole in the worker thread and sent
+#: with its status and terminating lines in one write; a larger one is streamed after that.
+INLINE_OCTETS = 128 * 1024
 
 PLAINTEXT_REFUSED = AUTH_CODE + "Plaintext authentication disallowed on non-secure connections"
 LOGIN_FAILED = AUTH_CODE + "Authentication failed"
@@ -87,6 +105,7 @@ class POP3Session(POP3):
         self._reading_paused = False
         self._receiving = False
         self._discard_plaintext = False
+        self._sasl_pending = False
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -143,6 +162,10 @@ class POP3Session(POP3):
         self._process_line(line)
 
     def _process_line(self, line: bytes) -> None:
+        if self._sasl_pending:
+            self._sasl_pending = False
+            self._sasl_response(line)
+            return
         try:
             command = parse_command(line)
         except CommandError as error:
@@ -223,8 +246,10 @@ class POP3Session(POP3):
         if self.mbox is None:
             if self._password_allowed():
                 caps.append(b"USER")
+                caps.append(b"SASL " + b" ".join(sasl.MECHANISMS))
             if self.ctx.tls is not None and not self._is_secure():
                 caps.append(b"STLS")
+        caps.append(b"IMPLEMENTATION mailgw")
         body = b"".join(cap + b"\r\n" for cap in caps)
         self.transport.write(b"+OK Capability list follows\r\n" + body + TERMINATOR)
 
@@ -265,7 +290,43 @@ class POP3Session(POP3):
             self._client_error("USER first")
             return
         user, self._user_name = self._user_name, None
-        creds = ClientCredentials(user, command.text, self.transport.getPeer().host)
+        self._login(user, command.text)
+
+    def _auth(self, command: Command) -> None:
+        """AUTH (RFC 5034): bare, list the mechanisms; else start a PLAIN exchange."""
+        allowed = sasl.MECHANISMS if self._password_allowed() else ()
+        if not command.text:
+            body = b"".join(mechanism + b"\r\n" for mechanism in allowed)
+            self.transport.write(b"+OK Mechanisms follow\r\n" + body + TERMINATOR)
+            return
+        if command.text not in sasl.MECHANISMS:
+            self._client_error("Unsupported authentication mechanism")
+            return
+        if not allowed:
+            self._client_error(PLAINTEXT_REFUSED)
+            return
+        self._user_name = None
+        if command.response is None:
+            self._sasl_pending = True
+            self.transport.write(b"+ \r\n")
+            return
+        self._sasl_response(command.response)
+
+    def _sasl_response(self, line: bytes) -> None:
+        """Take the client's PLAIN response (initial or after the ``+`` challenge) and log in."""
+        try:
+            user, password = sasl.plain_credentials(sasl.decode_response(line))
+        except sasl.Cancelled:
+            self.failResponse("Authentication cancelled")
+            return
+        except sasl.SaslError as error:
+            self._client_error(AUTH_CODE + str(error))
+            return
+        self._login(user, password)
+
+    def _login(self, user: str, password: bytes) -> None:
+        """Check the credentials through the portal, then lock and open the maildrop."""
+        creds = ClientCredentials(user, password, self.transport.getPeer().host)
         d = self.ctx.portal.login(creds, None, IMailbox)
         d.addCallback(self._logged_in, user)
         d.addErrback(self._login_failed, user)
@@ -287,11 +348,20 @@ class POP3Session(POP3):
         self.mbox = maildrop
         count, octets = maildrop.stat()
         self.tracked.logged_in(user)
-        self.successResponse(f"Logged in, {count} messages ({octets} octets)")
+        self.successResponse(
+            f"{maildrop.address}'s maildrop has {_messages(count)} ({octets} octets)"
+        )
 
     def _login_failed(self, failure: Failure, user: str) -> None:
         if failure.check(LoginFailed):
             self.failResponse(LOGIN_FAILED)
+            return
+        if failure.check(MaildropLocked):
+            logout, self._onLogout = self._onLogout, None
+            if logout is not None:
+                logout()
+            log.info("POP3 login for {user} refused: maildrop in use", user=user)
+            self.failResponse(MAILDROP_LOCKED)
             return
         log.failure("POP3 login for {user} could not complete", failure, user=user)
         logout, self._onLogout = self._onLogout, None
@@ -328,7 +398,7 @@ class POP3Session(POP3):
         listing = self.mbox.undeleted()
         count, octets = self.mbox.stat()
         lines = [b"%d %d\r\n" % (i + 1, info.size) for i, info in listing]
-        head = b"+OK %d messages (%d octets)\r\n" % (count, octets)
+        head = f"+OK {_messages(count)} ({octets} octets)\r\n".encode("ascii")
         self.transport.writeSequence([head, *lines, TERMINATOR])
 
     def _uidl(self, command: Command) -> None:
@@ -354,21 +424,41 @@ class POP3Session(POP3):
             )
 
     def _send_message(self, number: int, status: str, wrap: Callable) -> None:
-        d = deferToThread(self.mbox.getMessage, number - 1)
+        d = deferToThread(self._read_start, number - 1, wrap)
         d.addCallbacks(
-            lambda fp: self._stream(wrap(fp), status),
+            lambda start: self._stream(*start, status),
             self._message_unreadable,
             errbackArgs=(number,),
         )
         self._long_operation(d)
 
-    def _stream(self, fp: BinaryIO, status: str) -> defer.Deferred | None:
-        """Send ``+OK status``, then the file byte-stuffed, then the terminating line."""
-        if self._lost:
+    def _read_start(self, index: int, wrap: Callable) -> tuple[BinaryIO | None, bytes]:
+        """(In a thread.)  Open the message's view and read its first INLINE_OCTETS; return
+        (None, all of it) if that was all, else (the open view, what was read)."""
+        fp = wrap(self.mbox.getMessage(index))
+        try:
+            head = fp.read(INLINE_OCTETS)
+        except BaseException:
             fp.close()
+            raise
+        if len(head) < INLINE_OCTETS:
+            fp.close()
+            return None, head
+        return fp, head
+
+    def _stream(self, fp: BinaryIO | None, head: bytes, status: str) -> defer.Deferred | None:
+        """Send ``+OK status``, then ``head`` and the rest of ``fp`` (if any) byte-stuffed, then
+        the terminating line.  A message read whole goes out in one write."""
+        if self._lost:
+            if fp is not None:
+                fp.close()
             return None
         self.successResponse(status)
         stuffer = DotStuffer()
+        if fp is None:
+            self.transport.writeSequence([stuffer.transform(head), stuffer.terminator()])
+            return None
+        self.transport.write(stuffer.transform(head))
         d = MessageSender().beginFileTransfer(fp, self.transport, stuffer.transform)
 
         def sent(_: object) -> None:
@@ -393,12 +483,12 @@ class POP3Session(POP3):
     def _dele(self, command: Command) -> None:
         if self._lookup(command.number) is not None:
             self.mbox.deleteMessage(command.number - 1)
-            self.successResponse(f"Message {command.number} deleted")
+            self.successResponse(f"message {command.number} deleted")
 
     def _rset(self, command: Command) -> None:
         self.mbox.undeleteMessages()
         count, octets = self.mbox.stat()
-        self.successResponse(f"Maildrop has {count} messages ({octets} octets)")
+        self.successResponse(f"Maildrop has {_messages(count)} ({octets} octets)")
 
     def _noop(self, command: Command) -> None:
         self.transport.write(b"+OK\r\n")
@@ -411,7 +501,9 @@ class POP3Session(POP3):
 
     def _updated(self, _: object) -> None:
         count, _octets = self.mbox.stat()
-        self.successResponse(f"{self.ctx.hostname} POP3 server signing off ({count} messages left)")
+        self.mbox.close()
+        left = f"{_messages(count)} left" if count else "maildrop empty"
+        self.successResponse(f"{self.ctx.hostname} POP3 server signing off ({left})")
         self.transport.loseConnection()
 
     def _update_failed(self, failure: Failure) -> None:
@@ -424,6 +516,7 @@ class POP3Session(POP3):
         "STLS": _stls,
         "USER": _user,
         "PASS": _pass,
+        "AUTH": _auth,
         "QUIT": _quit_authorization,
     }
 
@@ -439,6 +532,11 @@ class POP3Session(POP3):
         "NOOP": _noop,
         "QUIT": _quit_transaction,
     }
+
+
+def _messages(count: int) -> str:
+    """``1 message``, ``2 messages``."""
+    return f"{count} message" if count == 1 else f"{count} messages"
 
 
 class POP3Factory(protocol.ServerFactory):
