@@ -13,7 +13,6 @@ enforces the size and line limits while streaming, and its reply comes only afte
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 
@@ -31,7 +30,6 @@ from mailgw.smtp.replies import Reply
 from mailgw.store.interfaces import StoreError
 
 _log = Logger()
-_BARE_LINE_END = re.compile(rb"\r|\n")
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,9 @@ class MessageWriter:
     """Streams the lines of one DATA into an IIncomingMessage and commits it.
 
     Lines arrive without CRLF and still dot-stuffed; the end-of-data line ``.`` is recognised
-    only as a whole line (a bare LF or CR never ends DATA; they are stored as CRLF).  Past the
+    only as a whole line, so a bare LF or CR never ends DATA; a message containing one is refused
+    whole (``550 5.5.2``), as Postfix's ``smtpd_forbid_bare_newline`` does, so that no reading of
+    its line ends can differ from another server's (SMTP smuggling).  Past the
     size or line limit, or after a store error, the data is discarded and the transaction fails
     at the final dot with the matching reply."""
 
@@ -166,9 +166,12 @@ class MessageWriter:
         if len(line) > self._max_line - 2:
             self._fail(replies.LINE_TOO_LONG.with_text("Message line too long"))
             return False
+        if b"\r" in line or b"\n" in line:
+            self._fail(replies.BARE_LINE_END)
+            return False
         if line.startswith(b"."):
             line = line[1:]
-        data = _BARE_LINE_END.sub(b"\r\n", line) + b"\r\n"
+        data = line + b"\r\n"
         if self.size + len(data) > self._max_size:
             self._fail(replies.MESSAGE_TOO_BIG)
             return False
@@ -180,6 +183,37 @@ class MessageWriter:
             return False
         self.size += len(data)
         return False
+
+    def feed_lines(self, lines: list[bytes]) -> bool:
+        """Take several DATA lines, none the end-of-data line, as ``feed`` would one by one.
+
+        Return False, having taken nothing, when they need ``feed``'s line-by-line handling (a
+        line over the limit, a bare CR or LF, the size limit reached); this is the fast path for
+        the usual message, which costs one join and one replace instead of a call per line."""
+        if self.failure is not None:
+            return True
+        block = b"\r\n".join(lines)
+        joints = len(lines) - 1
+        if (
+            max(map(len, lines)) > self._max_line - 2
+            or block.count(b"\r") != joints
+            or block.count(b"\n") != joints
+        ):
+            return False
+        data = block.replace(b"\r\n.", b"\r\n")
+        if data[:1] == b".":
+            data = data[1:]
+        data += b"\r\n"
+        if self.size + len(data) > self._max_size:
+            return False
+        try:
+            self._incoming.write(data)
+        except (StoreError, OSError):
+            _log.failure("Cannot write incoming message {id}", id=self.transaction_id)
+            self._fail(replies.LOCAL_ERROR)
+            return True
+        self.size += len(data)
+        return True
 
     def finish(self, sender: Mailbox | None, addresses: list[str]) -> Deferred:
         """Commit to every address in a thread; fire with the reply to send for the DATA."""

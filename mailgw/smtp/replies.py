@@ -75,6 +75,9 @@ ENCRYPTION_REQUIRED = Reply(
     538, "5.7.11", "Encryption required for requested authentication mechanism"
 )
 NO_SUCH_USER = Reply(550, "5.1.1", "Recipient address rejected: user unknown")
+BARE_LINE_END = Reply(
+    550, "5.5.2", "Message refused: bare CR or LF in text (RFC 5321 2.3.8); use CRLF"
+)
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by user")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
