@@ -40,6 +40,8 @@ class Limits:
     command_line: int = 8192
     #: IMAP literal size before login.
     imap_literal_before_login: int = 8192
+    #: IMAP sessions logged in at once for one user (all IMAP listeners together).
+    imap_connections_per_user: int = 20
     #: Connections at once, in all and from one client IP, per listener.
     connections: int = 500
     connections_per_ip: int = 20

@@ -115,16 +115,17 @@ def test_list_shows_inbox_and_created_folders(imap_server):
     """LIST shows INBOX; CREATE adds folders that LIST then shows with the '.' delimiter."""
     _, port = imap_server
     client = connect(port)
-    assert client.create("Archive")[0] == "OK"
-    assert client.create("Archive.2024")[0] == "OK"
-    assert client.create("Archive")[0] == "NO"
+    assert client.create("Projects")[0] == "OK"
+    assert client.create("Projects.2024")[0] == "OK"
+    assert client.create("Projects")[0] == "NO"
     typ, lines = client.list()
     assert typ == "OK"
     names = {line.rsplit(b" ", 1)[1].strip(b'"') for line in lines}
-    assert names == {b"INBOX", b"Archive", b"Archive.2024"}
+    special = {b"Sent", b"Drafts", b"Trash", b"Junk", b"Archive"}
+    assert names == {b"INBOX", b"Projects", b"Projects.2024"} | special
     assert all(b' "." ' in line for line in lines)
-    typ, lines = client.list('""', "Archive.%")
-    assert [line.rsplit(b" ", 1)[1].strip(b'"') for line in lines] == [b"Archive.2024"]
+    typ, lines = client.list('""', "Projects.%")
+    assert [line.rsplit(b" ", 1)[1].strip(b'"') for line in lines] == [b"Projects.2024"]
     assert client.create("../escape")[0] == "NO"
     client.logout()
 

@@ -3,7 +3,9 @@
 Replaces Twisted's ``MemoryAccount``: folder names come from the store ('.' hierarchy
 delimiter, ``INBOX`` first and case-insensitive), every call that touches the disk runs with
 ``deferToThread``, and store errors become ``MailboxException`` so the session answers ``NO``.
-The store keeps no subscription list, so every existing folder counts as subscribed.
+Subscriptions live in Dovecot's ``subscriptions`` file (``mailgw.store.subscriptions``); a new
+user gets the SPECIAL-USE folders (RFC 6154) Sent, Drafts, Trash, Junk and Archive, subscribed,
+at their first login.
 """
 
 from __future__ import annotations
@@ -18,10 +20,21 @@ from mailgw.store.interfaces import (
     FolderExists,
     InvalidFolderName,
     NoSuchFolder,
+    NoSuchMessage,
     StoreError,
 )
+from mailgw.store.subscriptions import change_subscriptions, read_subscriptions
 
 DELIMITER = "."
+
+#: The folders every new user gets, with their RFC 6154 attribute.
+SPECIAL_USE = {
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
 
 
 class NoSuchMailbox(imap4.MailboxException):
@@ -63,7 +76,9 @@ class MailAccount:
 
     def _run(self, call, *args) -> Deferred:
         def translate(failure):
-            failure.trap(StoreError)
+            failure.trap(StoreError, NoSuchMailbox)
+            if failure.check(NoSuchMailbox):
+                raise failure.value
             if failure.check(NoSuchFolder):
                 raise NoSuchMailbox("No such mailbox")
             if failure.check(FolderExists):
@@ -76,21 +91,58 @@ class MailAccount:
 
     # -- folders --------------------------------------------------------------------------
 
-    def listMailboxes(self, ref: str, wildcard: str) -> Deferred:
-        """``[(name, FolderInfo)]`` for the folders matching ``ref`` + ``wildcard``."""
-        pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
+    def prepare(self) -> Deferred:
+        """At login: give a new user (no subscriptions file yet) the SPECIAL-USE folders."""
+        store, address = self._store, self.address
 
-        def matching(names):
-            result = []
-            for name in names:
+        def work():
+            user_dir = store.user_dir(address)
+            if read_subscriptions(user_dir) is not None:
+                return
+            existing = set(store.list_folders(address))
+            for name in SPECIAL_USE:
+                if name not in existing:
+                    try:
+                        store.create_folder(address, name)
+                    except FolderExists:
+                        pass
+            change_subscriptions(user_dir, add=["INBOX", *SPECIAL_USE])
+
+        return self._run(work)
+
+    def listMailboxes(self, ref: str, wildcard: str, subscribed: bool = False) -> Deferred:
+        """``[(name, FolderInfo)]`` for the folders matching ``ref`` + ``wildcard`` (only the
+        subscribed ones, LSUB, if ``subscribed``)."""
+        pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
+        store, address = self._store, self.address
+
+        def work():
+            names = store.list_folders(address)
+            subs = read_subscriptions(store.user_dir(address)) if subscribed else None
+            return names, subs
+
+        def matching(result):
+            names, subs = result
+            shown = names if subs is None else subs
+            existing = set(names)
+            found = []
+            for name in shown:
                 if not pattern.match(name) and not (name == "INBOX" and pattern.match("inbox")):
                     continue
                 children = any(other.startswith(name + DELIMITER) for other in names)
                 flags = ["\\HasChildren" if children else "\\HasNoChildren"]
-                result.append((name, FolderInfo(flags)))
-            return result
+                if name in SPECIAL_USE:
+                    flags.append(SPECIAL_USE[name])
+                if name not in existing:
+                    flags = ["\\Noselect"]
+                found.append((name, FolderInfo(flags)))
+            return found
 
-        return self._run(self._store.list_folders, self.address).addCallback(matching)
+        return self._run(work).addCallback(matching)
+
+    def target(self, name: str) -> Deferred:
+        """The store folder ``name`` (for COPY/MOVE); fails with NoSuchMailbox."""
+        return self._run(self._store.folder, self.address, folder_name(name))
 
     def select(self, name: str, rw: bool = True) -> Deferred:
         """Open a folder for this session: a SessionMailbox, or None if there is none."""
@@ -124,23 +176,46 @@ class MailAccount:
         )
 
     def rename(self, oldname: str, newname: str) -> Deferred:
-        """Rename a folder and its children."""
+        """Rename a folder and its children; renaming INBOX moves its messages to a new
+        folder and leaves INBOX empty (RFC 3501 6.3.5)."""
         old, new = folder_name(oldname), folder_name(newname)
-        return self._run(self._store.rename_folder, self.address, old, new).addCallback(
-            lambda _: True
-        )
+        store, address = self._store, self.address
+        if old != "INBOX":
+            return self._run(store.rename_folder, address, old, new).addCallback(lambda _: True)
 
-    def isSubscribed(self, name: str) -> bool:
-        """Every folder counts as subscribed (the store keeps no subscription list)."""
-        return True
+        def move_inbox():
+            inbox = store.folder(address)
+            target = store.create_folder(address, new)
+            moved = []
+            for info in inbox.messages():
+                try:
+                    with inbox.open_message(info.uid) as fp:
+                        data = fp.read()
+                except NoSuchMessage:
+                    continue
+                target.append(data, info.flags, info.internal_date)
+                moved.append(info.uid)
+            inbox.expunge(moved)
+            return True
 
-    def subscribe(self, name: str) -> bool:
-        """Accepted: every folder counts as subscribed."""
-        return True
+        return self._run(move_inbox)
 
-    def unsubscribe(self, name: str) -> bool:
-        """Refused: the store keeps no subscription list."""
-        raise imap4.MailboxException("Subscriptions are not supported; all folders are listed")
+    def subscribe(self, name: str) -> Deferred:
+        """Add a folder name (existing or not) to the subscriptions file."""
+        user_dir = self._store.user_dir(self.address)
+        return self._run(change_subscriptions, user_dir, [folder_name(name)], ())
+
+    def unsubscribe(self, name: str) -> Deferred:
+        """Remove a folder name from the subscriptions file (NO if it was not there)."""
+        user_dir = self._store.user_dir(self.address)
+        name = folder_name(name)
+
+        def work():
+            if name not in (read_subscriptions(user_dir) or []):
+                raise NoSuchMailbox("Not subscribed")
+            change_subscriptions(user_dir, (), [name])
+
+        return self._run(work)
 
     def addMailbox(self, name: str, mbox=None) -> Deferred:
         """Create a folder (Twisted's older spelling of create)."""

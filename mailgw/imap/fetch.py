@@ -105,6 +105,8 @@ class FetchCommands:
 
     def do_FETCH(self, tag, messages, query, uid=0):
         """Resolve and load the messages in a thread, then stream the responses in order."""
+        if self._out_of_range(tag, messages, uid):
+            return
         plan = FetchPlan.of(query)
         if plan.sets_seen and not plan.has_flags and self.mbox.isWriteable():
             query = [*query, imap4._FetchParser.Flags()]

@@ -1,5 +1,5 @@
 """Folder commands for ``IMAP4Server`` that wait for the store: CREATE, DELETE, RENAME, STATUS,
-APPEND, NOOP, CHECK, and STORE on a read-only selection.
+APPEND (with APPENDUID, RFC 4315), NOOP and CHECK.
 
 A mixin.  Twisted's versions call the account synchronously (CREATE/DELETE/RENAME would block the
 reactor on the disk and report success before it happened), open a whole mailbox for STATUS and
@@ -36,7 +36,9 @@ def _mailbox_name(raw: bytes) -> str:
 class FolderCommands:
     """The folder and housekeeping commands of an ``IMAP4Server`` subclass."""
 
-    def _answer(self, tag, d, done: bytes, missing: bytes = b"[NONEXISTENT]") -> None:
+    def _answer(self, tag, d, done, missing: bytes = b"[NONEXISTENT]") -> None:
+        """Answer OK ``done`` (bytes, or a function of the result) or NO when ``d`` fires."""
+
         def failed(failure):
             if failure.check(NoSuchMailbox):
                 self.sendNegativeResponse(tag, missing + b" No such mailbox")
@@ -46,7 +48,10 @@ class FolderCommands:
                 _log.failure("folder command failed", failure)
                 self.sendNegativeResponse(tag, b"[SERVERBUG] Internal error")
 
-        d.addCallbacks(lambda _: self.sendPositiveResponse(tag, done), failed)
+        def succeeded(result):
+            self.sendPositiveResponse(tag, done(result) if callable(done) else done)
+
+        d.addCallbacks(succeeded, failed)
 
     def do_CREATE(self, tag, name):
         """CREATE a folder."""
@@ -67,10 +72,10 @@ class FolderCommands:
     select_DELETE = auth_DELETE
 
     def do_RENAME(self, tag, oldname, newname):
-        """RENAME a folder (INBOX can be neither source nor target here)."""
+        """RENAME a folder; RENAME INBOX moves its messages to the new folder."""
         old, new = _mailbox_name(oldname), _mailbox_name(newname)
-        if "INBOX" in (folder_name(old), folder_name(new)):
-            self.sendNegativeResponse(tag, b"INBOX cannot be renamed")
+        if folder_name(new) == "INBOX":
+            self.sendNegativeResponse(tag, b"[ALREADYEXISTS] INBOX always exists")
             return
         self._answer(tag, maybeDeferred(self.account.rename, old, new), b"RENAME done")
 
@@ -106,7 +111,12 @@ class FolderCommands:
             return
         flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
         d = self.account.append(name, message, flag_names, when)
-        self._answer(tag, d, b"APPEND completed", missing=b"[TRYCREATE]")
+
+        def done(result):
+            validity, uid = result
+            return b"[APPENDUID %d %d] APPEND completed" % (validity, uid)
+
+        self._answer(tag, d, done, missing=b"[TRYCREATE]")
 
     auth_APPEND = (
         do_APPEND,
@@ -132,12 +142,3 @@ class FolderCommands:
     def checkpoint(self):
         """CHECK: rescan the selected folder (the store is always durable)."""
         return self.mbox.refresh()
-
-    def do_STORE(self, tag, messages, mode, flags, uid=0):
-        """STORE, refused with NO on a mailbox opened with EXAMINE."""
-        if not self.mbox.isWriteable():
-            self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
-            return
-        _Server.do_STORE(self, tag, messages, mode, flags, uid=uid)
-
-    select_STORE = (do_STORE, _Server.arg_seqset, _Server.arg_atom, _Server.arg_flaglist)

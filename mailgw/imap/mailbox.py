@@ -11,6 +11,7 @@ requestStatus and close.  Changes made by other sessions arrive through the stor
 from __future__ import annotations
 
 import email.utils
+from functools import partial
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
@@ -20,9 +21,47 @@ from zope.interface import implementer
 from mailgw.imap.message import StoredMessage
 from mailgw.imap.parsing import PERMANENT_FLAGS, FetchPlan, storable_flags
 from mailgw.imap.view import SEEN, FolderView
-from mailgw.store.interfaces import IFolderListener, NoSuchMessage
+from mailgw.store.interfaces import IFolderListener, NoSuchMessage, StoreError
 
 DELETED = "\\Deleted"
+
+
+class RecentClaims:
+    """Which session holds \\Recent for a new message: the first to see it, one per message.
+
+    Every session of this process runs on the reactor thread, so claiming needs no lock.  A
+    claimed message is then moved from new/ to cur/ so that later sessions (and other programs)
+    no longer see it as recent; the claim is forgotten once the move is done."""
+
+    def __init__(self) -> None:
+        self._claimed: dict[tuple, set] = {}
+
+    def unclaimed(self, folder, uids) -> set:
+        """Those of ``uids`` no session holds."""
+        taken = self._claimed.get((folder.folder_id, folder.uid_validity), set())
+        return {uid for uid in uids if uid not in taken}
+
+    def claim(self, folder, uids) -> set:
+        """Take the unclaimed ones of ``uids`` (\\Recent in new/) for the caller."""
+        won = self.unclaimed(folder, uids)
+        if not won:
+            return won
+        key = (folder.folder_id, folder.uid_validity)
+        self._claimed.setdefault(key, set()).update(won)
+
+        def forget(result):
+            taken = self._claimed.get(key, set())
+            taken -= won
+            if not taken:
+                self._claimed.pop(key, None)
+            return None
+
+        deferToThread(folder.mark_seen_by_client, sorted(won)).addBoth(forget)
+        return won
+
+
+#: The one claim table of this process.
+RECENT_CLAIMS = RecentClaims()
 
 
 class ISessionListener(imap4.IMailboxListener):
@@ -69,7 +108,14 @@ class SessionMailbox:
         self._store = store
         self._watched = watched
         self.folder = folder
-        self._view = FolderView(infos)
+        recent = [info.uid for info in infos if info.recent]
+        if writeable:
+            recent = RECENT_CLAIMS.claim(folder, recent)
+            claim = partial(RECENT_CLAIMS.claim, folder)
+        else:
+            recent = RECENT_CLAIMS.unclaimed(folder, recent)
+            claim = None
+        self._view = FolderView(infos, recent, claim)
         self._writeable = writeable
         self._listeners: list = []
         self._watch: _FolderWatch | None = None
@@ -77,8 +123,8 @@ class SessionMailbox:
     # -- IMailboxInfo / IMailbox read side ------------------------------------------------
 
     def getFlags(self) -> list:
-        """The flags messages here can carry."""
-        return list(PERMANENT_FLAGS)
+        """The flags messages here carry or can carry: system flags and keywords in use."""
+        return list(PERMANENT_FLAGS) + sorted(self._view.keywords())
 
     def getHierarchicalDelimiter(self) -> str:
         """'.' (Maildir++)."""
@@ -246,6 +292,8 @@ class SessionMailbox:
                         changed.append(folder.set_flags(target, new))
                 except NoSuchMessage:
                     continue
+                except StoreError as error:
+                    raise imap4.MailboxException(str(error)) from None
             return changed
 
         def done(changed):
@@ -254,19 +302,57 @@ class SessionMailbox:
 
         return deferToThread(work).addCallback(done)
 
-    def expunge(self) -> Deferred:
-        """Remove the messages flagged \\Deleted; return the sequence numbers for EXPUNGE."""
+    def candidates(self) -> list:
+        """Snapshots of the messages the session knows, for SEARCH (reactor thread)."""
+        return self._view.candidates()
+
+    def out_of_range(self, messages) -> bool:
+        """Does a sequence set (not UIDs) go beyond the last message?"""
+        return self._view.out_of_range(messages)
+
+    def resolve(self, messages, uid: bool) -> list:
+        """``[(seq, uid)]`` for a sequence or UID set."""
+        return self._view.resolve(messages, uid)
+
+    def copy_to(self, uids: list, target) -> Deferred:
+        """Copy these messages (flags and internal date kept) into the folder ``target``.
+
+        Fires with ``[(source uid, new uid)]`` for those still present."""
+        folder = self.folder
+
+        def work():
+            copied = []
+            for uid in uids:
+                try:
+                    info = folder.get(uid)
+                    with folder.open_message(uid) as fp:
+                        data = fp.read()
+                except NoSuchMessage:
+                    continue
+                copied.append((uid, target.append(data, info.flags, info.internal_date)))
+            return copied
+
+        return deferToThread(work)
+
+    def expunge(self, uids=None, deleted_only: bool = True) -> Deferred:
+        """Remove the messages flagged \\Deleted (only those of ``uids``, if given: UID EXPUNGE;
+        all of ``uids`` if not ``deleted_only``: MOVE); return the sequence numbers for EXPUNGE."""
         if not self._writeable:
             raise imap4.ReadOnlyMailbox()
         targets = self._view.resolve(imap4.MessageSet(1, None), False)
-        candidates = [u for _, u in targets if DELETED in self._view.info(u).flags]
+        if uids is not None:
+            wanted = set(uids)
+            targets = [(seq, u) for seq, u in targets if u in wanted]
+        candidates = [
+            u for _, u in targets if not deleted_only or DELETED in self._view.info(u).flags
+        ]
         folder = self.folder
 
         def work():
             confirmed = []
             for target in candidates:
                 try:
-                    if DELETED in folder.get(target).flags:
+                    if not deleted_only or DELETED in folder.get(target).flags:
                         confirmed.append(target)
                 except NoSuchMessage:
                     continue

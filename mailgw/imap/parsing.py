@@ -14,8 +14,11 @@ from dataclasses import dataclass
 
 from mailgw.store.interfaces import SYSTEM_FLAGS
 
-#: The flags a message can carry permanently (the store keeps no keywords).
+#: The system flags a message can carry permanently (keywords come on top: ``\\*``).
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+#: Characters that cannot be in a keyword (RFC 3501 atom-specials and ']').
+_NOT_IN_ATOM = frozenset('(){ %*"\\]')
 
 _BY_LOWER = {flag.lower(): flag for flag in SYSTEM_FLAGS}
 
@@ -31,11 +34,25 @@ _DATE_TIME = re.compile(
 )
 
 
-def storable_flags(flags) -> frozenset:
-    """Return the system flags among ``flags`` (str, any case) in their canonical spelling.
+def is_keyword(flag: str) -> bool:
+    """Is ``flag`` a keyword the store can keep (an IMAP atom, not a system flag)?"""
+    return (
+        0 < len(flag) <= 100
+        and not flag.startswith("\\")
+        and all(32 < ord(c) < 127 and c not in _NOT_IN_ATOM for c in flag)
+    )
 
-    Keywords and ``\\Recent`` are dropped: the store keeps only the system flags."""
-    return frozenset(_BY_LOWER[f.lower()] for f in flags if f.lower() in _BY_LOWER)
+
+def storable_flags(flags) -> frozenset:
+    """Return the flags among ``flags`` (str) that can be stored, system flags in their
+    canonical spelling; ``\\Recent``, unknown system flags and malformed keywords are dropped."""
+    kept = set()
+    for flag in flags:
+        if flag.lower() in _BY_LOWER:
+            kept.add(_BY_LOWER[flag.lower()])
+        elif is_keyword(flag):
+            kept.add(flag)
+    return frozenset(kept)
 
 
 def internal_date_header(timestamp: float) -> str:

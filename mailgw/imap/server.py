@@ -10,14 +10,26 @@ writers) and extends or replaces where it falls short:
 - LOGIN goes through ``ctx.portal`` with ``ClientCredentials`` (the client's IP for the guard);
 - limits: over-long lines and literals are answered (BAD/BYE) before disconnecting; one idle
   timeout (``imap_idle_timeout``), suspended while a command runs; too many errors end it;
-- SELECT reports UIDNEXT, PERMANENTFLAGS and UNSEEN; changes made elsewhere are reported as
-  EXPUNGE/EXISTS/FETCH just before a tagged reply where RFC 3501 7.4.1 allows, or at once in
-  IDLE (the session is the mailbox's ``ISessionListener``).
+- AUTHENTICATE PLAIN (with SASL-IR) goes the same way, under the same plaintext rule;
+- literals: ``{n}`` and LITERAL+ ``{n+}`` (RFC 7888) parsed strictly (``{-1}``, ``{abc}`` and
+  overflowing sizes get BAD); over the limit a synchronising literal gets BAD with no
+  continuation, a non-synchronising one closes the connection; every ``arg_*`` parser named in
+  Twisted's command tables is looked up on this class, so the overrides here apply everywhere;
+- connections per user (``imap_connections_per_user``): one more login gets ``NO [LIMIT]``;
+- SELECT reports UIDNEXT, PERMANENTFLAGS (with ``\\*``) and UNSEEN; changes made elsewhere are
+  reported as EXPUNGE/EXISTS/FETCH just before a tagged reply where RFC 3501 7.4.1 allows (never
+  EXPUNGE while answering FETCH, STORE or SEARCH, with or without UID), or at once in IDLE (the
+  session is the mailbox's ``ISessionListener``).
 
-FETCH lives in ``fetch.py`` and the folder commands in ``folders.py`` (mixins of this class).
+FETCH lives in ``fetch.py``, the folder commands in ``folders.py``, and COPY/MOVE/SEARCH/STORE/
+EXPUNGE/UID/IDLE/ID/NAMESPACE/LIST/LSUB/SUBSCRIBE in ``commands.py`` (mixins of this class).
 """
 
 from __future__ import annotations
+
+import base64
+import binascii
+import re
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
@@ -30,6 +42,7 @@ from zope.interface import implementer
 
 from mailgw.auth import ClientCredentials
 from mailgw.context import ServerContext
+from mailgw.imap.commands import SelectedCommands
 from mailgw.imap.fetch import FetchCommands
 from mailgw.imap.folders import FolderCommands
 from mailgw.imap.mailbox import ISessionListener
@@ -39,14 +52,17 @@ _log = Logger()
 
 _Server = imap4.IMAP4Server
 
-#: Commands whose replies must not carry EXPUNGE responses (RFC 3501 7.4.1), unless UID ...
+#: Commands whose replies must not carry EXPUNGE responses (RFC 3501 7.4.1), UID forms too.
 _NO_EXPUNGE = frozenset({b"FETCH", b"STORE", b"SEARCH"})
+#: A literal's announcement: ``{n}`` or ``{n+}``, at most 20 digits.
+_PARSERS = ("arg_", "opt_")
+_LITERAL = re.compile(rb"^\{(\d{1,20})(\+?)\}$")
 #: Commands after which the selected mailbox is not (or not yet) the one to report on.
 _NO_SYNC = frozenset({b"SELECT", b"EXAMINE", b"CLOSE", b"LOGOUT"})
 
 
 @implementer(ISessionListener)
-class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
+class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Server):
     """One IMAP connection."""
 
     IDENT = b"mailgw IMAP4rev1 ready"
@@ -63,6 +79,10 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
         self._saved_timeout: float | None = None
         self._errors = 0
         self._searched = False
+        self._literalStringLimit = context.limits.command_line
+        self._idle_tag = None
+        self._sasl_tag = None
+        self._user: str | None = None
 
     # -- connection life cycle ----------------------------------------------------------
 
@@ -74,6 +94,9 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
     def connectionLost(self, reason) -> None:
         """Log the session end; log out."""
         self.tracked.ended(reason)
+        if self._user is not None:
+            self.factory.logged_out(self._user)
+            self._user = None
         _Server.connectionLost(self, reason)
 
     def timeoutConnection(self) -> None:
@@ -88,15 +111,21 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
         return ISSLTransport.providedBy(self.transport)
 
     def capabilities(self) -> dict:
-        """IMAP4rev1 plus STARTTLS/LOGINDISABLED as the transport and settings say."""
+        """IMAP4rev1, STARTTLS/LOGINDISABLED/AUTH=PLAIN as the transport and settings say, and
+        the extensions."""
         caps: dict = {}
         if not self.is_secure():
             if self.ctx is not None and self.canStartTLS:
                 caps[b"STARTTLS"] = None
             if not self.context.allow_plaintext:
                 caps[b"LOGINDISABLED"] = None
-        caps[b"NAMESPACE"] = None
-        caps[b"IDLE"] = None
+        if b"LOGINDISABLED" not in caps and self.state == "unauth":
+            caps[b"AUTH"] = [b"PLAIN"]
+            caps[b"SASL-IR"] = None
+        for name in (b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"UIDPLUS", b"MOVE"):
+            caps[name] = None
+        caps[b"SPECIAL-USE"] = None
+        caps[b"APPENDLIMIT=%d" % self.context.limits.message_size] = None
         return caps
 
     def do_STARTTLS(self, tag):
@@ -134,13 +163,68 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
         creds = ClientCredentials(username, passwd, getattr(peer, "host", ""))
         return self.portal.login(creds, None, imap4.IAccount)
 
+    def do_AUTHENTICATE(self, tag, line):
+        """AUTHENTICATE PLAIN (RFC 4616), with an initial response (SASL-IR) or after "+ "."""
+        words = line.split()
+        if not words or len(words) > 2:
+            self.sendBadResponse(tag, b"AUTHENTICATE takes a mechanism and a response")
+        elif words[0].upper() != b"PLAIN":
+            self.sendNegativeResponse(tag, b"[CANNOT] Only PLAIN is supported")
+        elif b"LOGINDISABLED" in self.capabilities():
+            self.sendNegativeResponse(tag, b"[PRIVACYREQUIRED] Use STARTTLS first")
+        elif len(words) == 2:
+            self._sasl_response(tag, words[1])
+        else:
+            self._sasl_tag = tag
+            self.parseState = "sasl"
+            self.sendLine(b"+ ")
+
+    unauth_AUTHENTICATE = (do_AUTHENTICATE, _Server.arg_line)
+
+    def parse_sasl(self, line):
+        """The client's PLAIN response to "+ "."""
+        self.parseState = "command"
+        tag, self._sasl_tag = self._sasl_tag, None
+        self._sasl_response(tag, line.strip())
+
+    def _sasl_response(self, tag, data: bytes) -> None:
+        if data == b"*":
+            self.sendBadResponse(tag, b"AUTHENTICATE cancelled")
+            return
+        try:
+            decoded = base64.b64decode(b"" if data == b"=" else data, validate=True)
+        except binascii.Error:
+            self.sendBadResponse(tag, b"Invalid base64")
+            return
+        parts = decoded.split(b"\0")
+        if len(parts) != 3 or not parts[1]:
+            self.sendBadResponse(tag, b"Invalid PLAIN response")
+            return
+        authzid, user, password = parts
+        if authzid and authzid != user:
+            self.sendNegativeResponse(tag, b"[AUTHORIZATIONFAILED] Cannot act as another user")
+            return
+        self.authenticateLogin(user, password).addCallbacks(
+            self._logged_in, self._login_failed, (tag, user), None, (tag,)
+        )
+
     def _logged_in(self, result, tag, user):
         _, avatar, logout = result
+        if not self.factory.logged_in(avatar.address):
+            logout()
+            self.sendNegativeResponse(tag, b"[LIMIT] Too many sessions for this user")
+            return
+        self._user = avatar.address
         self.account = avatar
         self._onLogout = logout
         self.tracked.logged_in(user.decode("utf-8"))
         self.state = "auth"
-        self.sendPositiveResponse(tag, b"LOGIN completed")
+        avatar.prepare().addErrback(self._prepare_failed).addCallback(
+            lambda _: self.sendPositiveResponse(tag, b"LOGIN completed")
+        )
+
+    def _prepare_failed(self, failure):
+        _log.failure("could not create the special-use folders", failure)
 
     def _login_failed(self, failure, tag):
         if failure.check(UnauthorizedLogin):
@@ -157,26 +241,80 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
         self.sendLine(b"* BYE Closing connection")
         self.transport.loseConnection()
 
-    def _stringLiteral(self, size):
+    def literal_spec(self, text: bytes) -> tuple[int, bool]:
+        """``(size, non-synchronising)`` of ``{n}``/``{n+}``; IllegalClientResponse if bad."""
+        match = _LITERAL.match(text)
+        if match is None:
+            raise imap4.IllegalClientResponse("Bad literal size")
+        return int(match.group(1)), bool(match.group(2))
+
+    def _start_literal(self, size: int, plus: bool, limit: int, literal_class):
+        if size > limit:
+            if plus:
+                # The octets are on their way and would be read as commands: hang up.
+                self.sendLine(b"* BYE [TOOBIG] Literal too large")
+                self.transport.loseConnection()
+            raise imap4.IllegalClientResponse("[TOOBIG] Literal too large")
+        d = Deferred()
+        self.parseState = "pending"
+        self._pendingLiteral = literal_class(size, d)
+        if not plus:
+            self.sendContinuationRequest(b"Ready for literal data")
+        self.setRawMode()
+        return d
+
+    def _stringLiteral(self, size, plus=False):
         limit = self._literalStringLimit
         if self.state == "unauth":
             limit = min(limit, self.context.limits.imap_literal_before_login)
-        if size < 0 or size > limit:
-            raise imap4.IllegalClientResponse("Literal too large")
-        return _Server._stringLiteral(self, size)
+        return self._start_literal(size, plus, limit, imap4.LiteralString)
 
-    def _fileLiteral(self, size):
-        if size < 0 or size > self.context.limits.message_size:
-            raise imap4.IllegalClientResponse("[TOOBIG] Message too large")
-        return _Server._fileLiteral(self, size)
+    def arg_astring(self, line, final=False):
+        """An astring; a literal may be ``{n}`` or ``{n+}``."""
+        stripped = line.strip()
+        if stripped[:1] != b"{":
+            return _Server.arg_astring(self, line, final)
+        size, plus = self.literal_spec(stripped)
+        if final and not size:
+            return (b"", b"")
+        return self._stringLiteral(size, plus)
+
+    def arg_finalastring(self, line):
+        """The last astring of a command (may be an empty literal)."""
+        return self.arg_astring(line, final=True)
+
+    def arg_literal(self, line):
+        """APPEND's message literal, at most ``message_size`` octets (APPENDLIMIT)."""
+        size, plus = self.literal_spec(line.strip())
+        limit = self.context.limits.message_size
+        return self._start_literal(size, plus, limit, imap4.LiteralFile)
+
+    def _IMAP4Server__doCommand(self, tag, handler, args, parseargs, line, uid):
+        # Twisted's command tables name its own arg_* functions: use this class's instead.
+        cls = type(self)
+        parseargs = tuple(
+            getattr(cls, arg.__name__, arg)
+            if callable(arg) and arg.__name__[:4] in _PARSERS
+            else arg
+            for arg in parseargs
+        )
+        return _Server._IMAP4Server__doCommand(self, tag, handler, args, parseargs, line, uid)
 
     # -- one command at a time ------------------------------------------------------------
 
     def dispatchCommand(self, tag, cmd, rest, uid=None):
-        """Remember which command runs, then let Twisted dispatch it."""
+        """Remember which command runs, then let Twisted dispatch it (a command without
+        arguments gets b"" as its rest: Twisted's parsers fail on None with 'Server error')."""
         self._command = (cmd.upper(), bool(uid))
         self._searched = False
-        return _Server.dispatchCommand(self, tag, cmd, rest, uid)
+        return _Server.dispatchCommand(self, tag, cmd, rest or b"", uid)
+
+    def lookupCommand(self, cmd):
+        """The handler of ``cmd``; None (BAD Unsupported command) for a name that is not ASCII,
+        which Twisted would answer with ``BAD Server error``."""
+        if not cmd.isascii():
+            return None
+        return _Server.lookupCommand(self, cmd)
 
     def lineReceived(self, line):
         """Run a line; if its command is still running, stop reading until it answers."""
@@ -193,6 +331,13 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
             self._searched = True
         _Server.sendUntaggedResponse(self, message, isAsync)
 
+    def sendBadResponse(self, tag=None, message=b""):
+        """BAD; a response code (e.g. [TOOBIG]) comes first, not after Twisted's prefix."""
+        prefix = b"Illegal syntax: "
+        if message.startswith(prefix + b"["):
+            message = message[len(prefix) :]
+        _Server.sendBadResponse(self, tag, message)
+
     def _respond(self, state, tag, message):
         tagged = tag is not None and state in (b"OK", b"NO", b"BAD")
         if tagged and self._command is not None:
@@ -205,9 +350,9 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
             self._command_done(bad=state.startswith(b"BAD"))
 
     def _report_changes(self) -> None:
-        name, by_uid = self._command
+        name, _ = self._command
         if self.mbox is not None and name not in _NO_SYNC:
-            self.mbox.sync(allow_expunge=by_uid or name not in _NO_EXPUNGE)
+            self.mbox.sync(allow_expunge=name not in _NO_EXPUNGE)
 
     def _command_done(self, bad: bool) -> None:
         self._command = None
@@ -233,7 +378,7 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
             self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
             return
         flags = b" ".join(flag.encode("ascii") for flag in mbox.getFlags())
-        permanent = flags if mbox.isWriteable() else b""
+        permanent = flags + b" \\*" if mbox.isWriteable() else b""
         self.sendUntaggedResponse(b"%d EXISTS" % mbox.getMessageCount())
         self.sendUntaggedResponse(b"%d RECENT" % mbox.getRecentCount())
         self.sendUntaggedResponse(b"FLAGS (" + flags + b")")
@@ -262,6 +407,10 @@ class IMAPServer(FetchCommands, FolderCommands, imap4.IMAP4Server):
             self.mbox.sync(allow_expunge=True)
 
 
+#: Logged-in IMAP sessions per user, per ServerContext (shared by the imap and imaps listeners).
+_USER_SESSIONS: dict[int, dict[str, int]] = {}
+
+
 class IMAPFactory(ServerFactory):
     """Builds an IMAPServer per connection, all sharing one ServerContext."""
 
@@ -271,6 +420,21 @@ class IMAPFactory(ServerFactory):
         self.context = context
         busy = f"* BYE [UNAVAILABLE] {BUSY_TEXT}\r\n".encode("ascii")
         self.sessions = SessionTracker(context.limits, "imap", busy)
+
+    def logged_in(self, address: str) -> bool:
+        """Count a session of ``address``; False (not counted) if it has too many already."""
+        counts = _USER_SESSIONS.setdefault(id(self.context), {})
+        if counts.get(address, 0) >= self.context.limits.imap_connections_per_user:
+            return False
+        counts[address] = counts.get(address, 0) + 1
+        return True
+
+    def logged_out(self, address: str) -> None:
+        """A session counted by ``logged_in`` ended."""
+        counts = _USER_SESSIONS.get(id(self.context), {})
+        counts[address] = counts.get(address, 1) - 1
+        if counts[address] <= 0:
+            counts.pop(address, None)
 
     def buildProtocol(self, addr) -> IMAPServer | Protocol:
         """A new session, or a refusal when the connection limits are reached."""

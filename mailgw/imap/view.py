@@ -35,10 +35,13 @@ class Updates:
 class FolderView:
     """The ordered UIDs a session knows (sequence number = position + 1) and their metadata."""
 
-    def __init__(self, infos: list) -> None:
+    def __init__(self, infos: list, recent=frozenset(), claim=None) -> None:
+        """Show ``infos``; ``recent`` are the UIDs \\Recent in this session, and
+        ``claim(uids)`` returns those of newly arrived UIDs that become \\Recent here."""
         self._uids: list[int] = [info.uid for info in infos]
         self._infos: dict = {info.uid: info for info in infos}
-        self._recent: set[int] = {info.uid for info in infos if info.recent}
+        self._recent: set[int] = set(recent)
+        self._claim = claim or (lambda uids: set())
         self._gone: set[int] = set()
         self._added: dict = {}
         self._changed: dict = {}
@@ -123,6 +126,32 @@ class FolderView:
             if info.uid in self._infos:
                 self._infos[info.uid] = info
 
+    def keywords(self) -> set:
+        """The keywords some message in the view carries."""
+        return {f for info in self._infos.values() for f in info.flags if f[:1] != "\\"}
+
+    def candidates(self) -> list:
+        """``(seq, uid, flags with \\Recent, size, internal date)`` of every message, in order."""
+        return [
+            (
+                seq,
+                uid,
+                frozenset(self.flags(uid)),
+                self._infos[uid].size,
+                self._infos[uid].internal_date,
+            )
+            for seq, uid in enumerate(self._uids, 1)
+            if uid not in self._gone
+        ]
+
+    def out_of_range(self, messages: MessageSet) -> bool:
+        """Does the sequence set name a sequence number beyond the last message?"""
+        return any(
+            number is not None and number > len(self._uids)
+            for low, high in messages.ranges
+            for number in (low, high)
+        )
+
     def remove(self, uids) -> list:
         """Drop messages this session expunged; return their sequence numbers, as EXPUNGE wants."""
         return self._drop(set(uids))
@@ -180,8 +209,7 @@ class FolderView:
         for info in added:
             self._uids.append(info.uid)
             self._infos[info.uid] = info
-            if info.recent:
-                self._recent.add(info.uid)
+        self._recent |= self._claim([info.uid for info in added if info.recent])
         if added or updates.expunged:
             updates.exists = len(self._uids)
             updates.recent = len(self._recent)
