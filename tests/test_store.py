@@ -12,6 +12,7 @@ import pytest
 
 from mailgw.store import MaildirStore, NoSuchMessage, StoreError
 from mailgw.store.interfaces import IFolder, IMailStore, IMessageInfo
+from mailgw.store.maildir import MEMORY_SPOOL
 
 USER = "alice@example.test"
 
@@ -275,10 +276,12 @@ def test_incoming_to_three_recipients_shares_one_file(store):
         incoming.commit(recipients)
 
 
-def test_incoming_abort_leaves_nothing(store):
+@pytest.mark.parametrize("size", [100, MEMORY_SPOOL + 1])
+def test_incoming_abort_leaves_nothing(store, size):
+    """A small message waits in memory, a large one spills to a file: abort drops either."""
     incoming = store.incoming()
-    incoming.write(b"Subject: never\r\n\r\n")
-    assert len(files_in(store.tmp_dir)) == 1
+    incoming.write(b"Subject: never\r\n\r\n" + b"x" * size)
+    assert len(files_in(store.tmp_dir)) == (1 if size > MEMORY_SPOOL else 0)
     incoming.abort()
     incoming.abort()
     assert files_in(store.tmp_dir) == []

@@ -34,6 +34,7 @@ from mailgw.store.interfaces import (
     IMessageInfo,
     NoSuchFolder,
     NoSuchMessage,
+    StoreError,
 )
 from mailgw.store.uidlist import UidList
 
@@ -89,10 +90,10 @@ class MessageInfo:
 
     @property
     def size(self) -> int:
-        """Size in octets with CRLF line endings."""
-        if self._size is not None:
-            return self._size
-        return _number_after(self.key, ",W=") or 0
+        """Size in octets with CRLF line endings (read from the name once, then kept)."""
+        if self._size is None:
+            self._size = _number_after(self.key, ",W=") or 0
+        return self._size
 
     @property
     def internal_date(self) -> float:
@@ -137,6 +138,8 @@ class MaildirFolder:
         self._lock = threading.RLock()
         self._gone = False
         self._messages: dict[int, MessageInfo] = {}
+        #: True when ``_messages`` is not in ascending UID order (see ``_insert``).
+        self._unordered = False
         self._stamps: tuple[int, int] | None = None
         clean_stale(path / "tmp")
         self._index = UidList(path, new_uid_validity)
@@ -166,7 +169,7 @@ class MaildirFolder:
         """Return MessageInfo snapshots of all messages, in ascending UID order."""
         with self._lock:
             self._refresh()
-            return list(self._messages.values())
+            return list(self._ordered().values())
 
     def get(self, uid: int) -> MessageInfo:
         """Return the MessageInfo for ``uid``; raise NoSuchMessage."""
@@ -321,25 +324,47 @@ class MaildirFolder:
 
     # -- delivery of a file received elsewhere (IncomingMessage.commit) --
 
-    def deliver_link(self, source: Path, size: int) -> tuple[int, str]:
-        """Hard-link ``source`` (``size`` octets, CRLF, fsync'd) into new/ under a new UID.
+    def deliver_links(self, sources: list[tuple[Path, int]]) -> list:
+        """Hard-link each ``(source, size)`` (``size`` octets, CRLF, fsync'd) into new/.
 
-        The message is on disk and indexed when this returns but not yet shown: call
-        ``publish(uid, key)`` once the whole delivery succeeded, or ``withdraw(key)``.
+        All of them together cost one index append with one fsync and one fsync of new/ (the
+        store's group commit hands over every delivery waiting at that moment).  Return, in
+        order, ``(uid, key)`` for each message now on disk and indexed but not yet shown (call
+        ``publish(uid, key)`` once its whole delivery succeeded, or ``withdraw(key)``), or the
+        StoreError that stopped it.
+
+        The links come first, so that on file systems with one journal (ext4, XFS) the fsync of
+        the index also makes the new directory entries durable and the fsync of new/ that
+        follows finds little left to write.  Nothing may be acknowledged before this returns,
+        and a link whose index line a crash lost is simply indexed again by the next scan.
         """
-        key = unique_name(self._hostname, size)
+        new = self.path / "new"
+        results: list = []
         with self._lock:
             self._refresh()
             try:
                 with self._index.locked():
                     self._index.refresh()
-                    [uid] = self._index.add([(key, None)])
-                    os.link(source, self.path / "new" / key)
-                    fsync_dir(self.path / "new")
-            except OSError as e:
-                raise store_error("cannot deliver the message", e) from e
-            self._record_stamps()
-        return uid, key
+                    linked = []
+                    for source, size in sources:
+                        key = unique_name(self._hostname, size)
+                        try:
+                            os.link(source, new / key)
+                        except OSError as e:
+                            results.append(store_error("cannot deliver the message", e))
+                        else:
+                            results.append(key)
+                            linked.append(key)
+                    uids = self._index_links(linked)
+            finally:
+                try:
+                    self._record_stamps()
+                except StoreError:
+                    self._stamps = None
+        if isinstance(uids, StoreError):
+            return [r if isinstance(r, StoreError) else uids for r in results]
+        given = iter(uids)
+        return [r if isinstance(r, StoreError) else (next(given), r) for r in results]
 
     def publish(self, uid: int, key: str) -> None:
         """Show a message delivered by ``deliver_link`` and tell the listeners."""
@@ -365,12 +390,33 @@ class MaildirFolder:
         Return the UIDs it held.
         """
         with self._lock:
-            uids = list(self._messages)
+            uids = list(self._ordered())
             self._gone = True
             self._messages = {}
             return uids
 
     # -- internals --
+
+    def _index_links(self, keys: list[str]) -> list[int] | StoreError:
+        """Index the files just linked into new/ as ``keys`` and fsync new/; their UIDs.
+
+        On failure the links are taken back and the StoreError is returned."""
+        if not keys:
+            return []
+        new = self.path / "new"
+        try:
+            uids = self._index.add([(key, None) for key in keys])
+            fsync_dir(new)
+            return uids
+        except (OSError, StoreError) as e:
+            error = e if isinstance(e, StoreError) else store_error("cannot deliver", e)
+        for key in keys:
+            remove_quietly(new / key)
+        try:
+            fsync_dir(new)
+        except OSError:
+            pass
+        return error
 
     def _check(self) -> None:
         if self._gone:
@@ -383,11 +429,19 @@ class MaildirFolder:
         return info
 
     def _insert(self, message: MessageInfo) -> None:
+        """Add a message; deliveries committed together may be published out of UID order,
+        so the dict is sorted again only when next read in order (``_ordered``)."""
         messages = self._messages
-        last = next(reversed(messages), 0) if messages else 0
+        if not self._unordered and messages and message.uid < next(reversed(messages)):
+            self._unordered = True
         messages[message.uid] = message
-        if message.uid < last:
-            self._messages = dict(sorted(messages.items()))
+
+    def _ordered(self) -> dict[int, MessageInfo]:
+        """The messages by UID, in ascending UID order."""
+        if self._unordered:
+            self._messages = dict(sorted(self._messages.items()))
+            self._unordered = False
+        return self._messages
 
     def _dir_stamps(self) -> tuple[int, int]:
         try:
@@ -456,7 +510,7 @@ class MaildirFolder:
             with index.locked():
                 index.refresh()
                 index.add(entries)
-        old = self._messages
+        old = self._ordered()
         fresh: dict[int, MessageInfo] = {}
         added, changed = [], []
         flags_of = self._keywords.flags_of

@@ -103,7 +103,7 @@ class IFolder(Interface):
 
 
 class IIncomingMessage(Interface):
-    """A message being received (for example over SMTP DATA), written to a temporary file."""
+    """A message being received (for example over SMTP DATA), in memory or a temporary file."""
 
     size = Attribute("int: octets written so far.")
 

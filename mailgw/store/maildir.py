@@ -1,14 +1,17 @@
 """The Maildir store: every user's folders under ``mail_dir/<domain>/<localpart>/``.
 
 INBOX is the user's top Maildir; other folders are Maildir++ subfolders ``.<Name>`` with '.'
-as the hierarchy delimiter, each with a ``maildirfolder`` marker.  Messages being received are
-written to ``tmp_dir`` (on the same file system) and hard-linked into each recipient's INBOX.
+as the hierarchy delimiter, each with a ``maildirfolder`` marker.  A message being received is
+kept in memory (up to ``MEMORY_SPOOL``, then in a file in ``tmp_dir``, on the same file system);
+its commit writes and fsyncs the file and hard-links it into each recipient's INBOX, together
+with the commits of other threads (group commit, ``mailgw.store.commit``).
 The store is synchronous and thread-safe; listener calls go through ``dispatch`` (the server
 passes ``reactor.callFromThread``).  It imports nothing of Twisted.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import threading
@@ -20,6 +23,7 @@ from pathlib import Path
 from zope.interface import implementer
 
 from mailgw.durable import replace_file
+from mailgw.store.commit import GroupCommitter
 from mailgw.store.events import Listeners, call_now
 from mailgw.store.files import (
     DIR_MODE,
@@ -72,6 +76,8 @@ class MaildirStore:
         self._lock = threading.Lock()
         self._user_locks: dict[str, threading.RLock] = {}
         self._folders: dict[tuple[str, str], MaildirFolder] = {}
+        #: Commits the deliveries of concurrent threads together.
+        self.committer = GroupCommitter(self.folder)
 
     def user_dir(self, address: str) -> Path:
         """The directory of ``address``'s INBOX (validated; raise StoreError)."""
@@ -276,20 +282,23 @@ class MaildirStore:
         return value
 
 
+#: A message being received stays in memory up to this many octets and is written to its file
+#: only by ``commit`` (in the committing thread), so that receiving a typical message costs the
+#: receiving thread (the reactor) no file system call; a larger one spills to its file at once.
+MEMORY_SPOOL = 256 * 1024
+
+
 @implementer(IIncomingMessage)
 class IncomingMessage:
-    """A message being received, written chunk by chunk to a file in the store's tmp_dir."""
+    """A message being received: in memory up to ``MEMORY_SPOOL``, then in a file in tmp_dir."""
 
     def __init__(self, store: MaildirStore) -> None:
-        """Start an empty message file in ``store.tmp_dir``."""
+        """Start an empty message (its file in ``store.tmp_dir`` is made when needed)."""
         self._store = store
         self._path = store.tmp_dir / f"incoming-{os.getpid()}-{uuid.uuid4().hex}"
         self.size = 0
-        try:
-            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        except OSError as e:
-            raise store_error("cannot start receiving a message", e) from e
-        self._file = os.fdopen(fd, "wb")
+        self._spool: bytearray | None = bytearray()
+        self._file: io.BufferedWriter | None = None
         self._done = False
 
     def write(self, data: bytes) -> None:
@@ -297,15 +306,33 @@ class IncomingMessage:
         if self._done:
             raise StoreError("message already committed or aborted")
         try:
-            self._file.write(data)
+            if self._spool is None:
+                self._file.write(data)
+            else:
+                self._spool += data
+                if len(self._spool) > MEMORY_SPOOL:
+                    self._spill()
         except OSError as e:
             self.abort()
             raise store_error("cannot write the message", e) from e
         self.size += len(data)
 
+    def _spill(self) -> None:
+        """Create the message file and move what is in memory to it; raise OSError."""
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        self._file = os.fdopen(fd, "wb")
+        self._file.write(self._spool)
+        self._spool = None
+
+    @property
+    def source(self) -> Path:
+        """The message file, once ``write_out`` has made it."""
+        return self._path
+
     def commit(self, addresses: Iterable[str]) -> dict:
         """Deliver to each address's INBOX (one fsync, then hard links); return {address: uid}.
 
+        Commits of concurrent threads are made durable together (``mailgw.store.commit``).
         On any failure every copy this commit made is removed and StoreError is raised.
         """
         if self._done:
@@ -319,39 +346,38 @@ class IncomingMessage:
         if not given:
             self.abort()
             raise StoreError("no recipients")
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-        except OSError as e:
-            self.abort()
-            raise store_error("cannot write the message", e) from e
-        delivered = []
-        uids: dict[str, int] = {}
-        try:
-            for address in dict.fromkeys(canonical.values()):
-                folder = self._store.folder(address)
-                uid, key = folder.deliver_link(self._path, self.size)
-                delivered.append((folder, uid, key))
-                uids[address] = uid
-        except BaseException:
-            for folder, _, key in delivered:
-                folder.withdraw(key)
-            self.abort()
-            raise
         self._done = True
-        remove_quietly(self._path)
-        for folder, uid, key in delivered:
-            folder.publish(uid, key)
+        uids = self._store.committer.commit(self, list(dict.fromkeys(canonical.values())))
         return {address: uids[canonical[address]] for address in given}
+
+    def write_out(self) -> int:
+        """Write the whole message to its file (not yet fsync'd); return the file descriptor.
+
+        Called by the group commit; raise StoreError (the file is then removed)."""
+        try:
+            if self._spool is not None:
+                self._spill()
+            self._file.flush()
+        except OSError as e:
+            self.discard()
+            raise store_error("cannot write the message", e) from e
+        return self._file.fileno()
+
+    def discard(self) -> None:
+        """Close and remove the message file (its links in folders stay)."""
+        self._spool = None
+        if self._file is None:
+            return
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        self._file = None
+        remove_quietly(self._path)
 
     def abort(self) -> None:
         """Throw the message away (harmless if already committed or aborted)."""
         if self._done:
             return
         self._done = True
-        try:
-            self._file.close()
-        except OSError:
-            pass
-        remove_quietly(self._path)
+        self.discard()
