@@ -337,6 +337,51 @@ def test_message_expunged_elsewhere_gets_err_and_the_session_goes_on(pop):
     assert b"(1 message left)" in box.quit()
 
 
+def test_message_whose_flags_changed_over_imap_is_still_retrieved(pop):
+    """A flag change renames the file after the login's snapshot: RETR and TOP still find it."""
+    box = login(pop.pop3_port)
+    inbox = pop.store.folder(ALICE)
+    inbox.set_flags(inbox.messages()[0].uid, {"\\Seen", "\\Flagged"})
+    _, lines, _ = box.retr(1)
+    assert b"\r\n".join(lines) + b"\r\n" == ONE
+    _, lines, _ = box.top(1, 0)
+    assert lines == [b"From: bob@example.test", b"Subject: one", b""]
+    box.quit()
+
+
+def test_message_delivered_with_lf_line_ends_is_sent_with_crlf(pop):
+    """A file another delivery agent put in new/ with bare LF: sent with CRLF, octets exact."""
+    text = b"From: dan@remote.test\nSubject: lf\n\nfirst\n.dot\n"
+    folder = pop.store.folder(ALICE)
+    (folder.path / "new" / "1700000000.M1P1.other").write_bytes(text)
+    box = login(pop.pop3_port)
+    crlf = text.replace(b"\n", b"\r\n")
+    assert box.list(3) == b"+OK 3 %d" % len(crlf)
+    _, lines, _ = box.retr(3)
+    assert b"\r\n".join(lines) + b"\r\n" == crlf
+    box.quit()
+
+
+def test_many_pipelined_retrs_come_back_complete_and_in_order(pop):
+    """More replies than the server queues up at once (FLUSH_OCTETS), asked for in one go."""
+    inbox = pop.store.folder(ALICE)
+    bodies = [
+        b"Subject: %d\r\n\r\n" % n + (b".%06d" % n + b"y" * 70 + b"\r\n") * 700 for n in range(25)
+    ]
+    for body in bodies:
+        inbox.append(body)
+    sock = raw(pop.pop3_port)
+    retrs = "".join(f"RETR {n}\r\n" for n in range(3, 28))
+    sock.sendall(f"USER {ALICE}\r\nPASS {PASSWORD}\r\n{retrs}QUIT\r\n".encode())
+    wire = read_to_eof(sock)
+    expected = b"".join(
+        b"+OK %d octets\r\n" % len(body) + body.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+        for body in bodies
+    )
+    assert expected in wire
+    assert wire.endswith(b"(27 messages left)\r\n")
+
+
 def test_over_long_line_gets_err_then_disconnect(pop):
     sock = raw(pop.pop3_port)
     sock.sendall(b"USER " + b"a" * (pop.context.limits.command_line + 10))

@@ -8,12 +8,15 @@ snapshot of the list of messages, kept for the session: mail delivered meanwhile
 login, and a message expunged meanwhile (over IMAP) is reported gone when asked for.  Sizes are
 the store's exact CRLF sizes, UIDL is ``<uidvalidity>.<uid>`` (the store's identity of the
 message: stable across sessions and restarts, never reused), ``sync`` expunges the marked messages
-durably, and ``close`` releases the lock.  Methods that touch the disk (``load``, ``getMessage``,
-``sync``) block: the session runs them with ``deferToThread``.
+durably, and ``close`` releases the lock.  Methods that may scan or fsync (``load``,
+``getMessage``, ``sync``) block: the session runs them with ``deferToThread``.  ``read_whole``
+reads a small message by the snapshot's file name, one open and one read without the store's
+lock: the session calls it on the reactor thread and falls back to ``getMessage`` when it fails.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -44,6 +47,9 @@ class Maildrop:
         self._store = store
         self._folder = None
         self._lock: MaildropLock | None = None
+        #: new/ and cur/ by ``recent``, as str: ``read_whole`` runs on the reactor thread for
+        #: every RETR, and pathlib's join would cost more than its open and read.
+        self._subdirs: dict[bool, str] | None = None
         self._infos: list = []
         self._deleted: set[int] = set()
 
@@ -59,6 +65,10 @@ class Maildrop:
             lock.release()
             raise
         self._folder, self._lock, self._infos = folder, lock, infos
+        path = getattr(folder, "path", None)
+        self._subdirs = (
+            None if path is None else {True: str(path / "new"), False: str(path / "cur")}
+        )
         self._deleted.clear()
 
     def info(self, index: int) -> object:
@@ -100,6 +110,25 @@ class Maildrop:
         expunged by another session since the snapshot."""
         return self._folder.open_message(self.info(i).uid)
 
+    def read_whole(self, i: int) -> bytes | None:
+        """Return message ``i`` as sent (CRLF line ends) if the file named in the snapshot holds
+        exactly that; None if the store must be asked instead (``getMessage``): the file has
+        been renamed (its flags changed over IMAP) or removed since the snapshot, or it is not
+        stored with CRLF line ends.  One open and one read of at most the message's size,
+        without the store's lock and without a directory scan.
+
+        Raise NoSuchMessageNumber or MessageDeleted as ``info`` does."""
+        info = self.info(i)
+        subdirs = self._subdirs
+        if subdirs is None:
+            return None
+        try:
+            with open(os.path.join(subdirs[info.recent], info.filename), "rb", buffering=0) as f:
+                data = f.read(info.size + 1)
+        except OSError:
+            return None
+        return data if len(data) == info.size else None
+
     def getUidl(self, i: int) -> bytes:
         """IMailbox: the unique id of message ``i``."""
         return self.uidl(self.info(i))
@@ -128,7 +157,7 @@ class Maildrop:
         release the maildrop lock.  Calling it again does nothing."""
         self._infos = []
         self._deleted.clear()
-        self._folder = None
+        self._folder = self._subdirs = None
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()

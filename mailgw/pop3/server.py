@@ -33,6 +33,7 @@ Replaces, and why:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -65,9 +66,15 @@ IN_USE_CODE = "[IN-USE] "
 #: The -ERR text for a login to a maildrop that another POP3 session holds.
 MAILDROP_LOCKED = IN_USE_CODE + "maildrop already locked"
 
-#: A message (or TOP view) up to this many octets is read whole in the worker thread and sent
-#: with its status and terminating lines in one write; a larger one is streamed after that.
+#: A message up to this many octets is read whole (on the reactor thread if its file is where
+#: the login's snapshot says, else in a worker thread) and its reply sent in one write; a larger
+#: one is streamed through a producer after its first INLINE_OCTETS.
 INLINE_OCTETS = 128 * 1024
+
+#: Replies written at once may queue up this many octets for a client that pipelines commands
+#: without reading the answers; then the next message goes through the producer, which waits
+#: for the client to take them.
+FLUSH_OCTETS = 1024 * 1024
 
 PLAINTEXT_REFUSED = AUTH_CODE + "Plaintext authentication disallowed on non-secure connections"
 LOGIN_FAILED = AUTH_CODE + "Authentication failed"
@@ -103,6 +110,7 @@ class POP3Session(POP3):
         self._lost = False
         self._in_flight: defer.Deferred | None = None
         self._reading_paused = False
+        self._unflushed = 0
         self._receiving = False
         self._discard_plaintext = False
         self._sasl_pending = False
@@ -413,17 +421,35 @@ class POP3Session(POP3):
     def _retr(self, command: Command) -> None:
         info = self._lookup(command.number)
         if info is not None:
-            self._send_message(command.number, f"{info.size} octets", lambda fp: fp)
+            self._send_message(command.number, info.size, f"{info.size} octets", None)
 
     def _top(self, command: Command) -> None:
-        if self._lookup(command.number) is not None:
-            self._send_message(
-                command.number,
-                "Top of message follows",
-                lambda fp: TopReader(fp, command.count),
-            )
+        info = self._lookup(command.number)
+        if info is not None:
+            self._send_message(command.number, info.size, "Top of message follows", command.count)
 
-    def _send_message(self, number: int, status: str, wrap: Callable) -> None:
+    def _send_message(self, number: int, size: int, status: str, top: int | None) -> None:
+        """Answer RETR (``top`` None) or TOP ``top`` for message ``number`` of ``size`` octets.
+
+        A message up to INLINE_OCTETS is read on the reactor thread (``Maildrop.read_whole``: an
+        open and a read, no lock, no scan) and answered in one write, with no thread, no
+        Deferred and no pause in reading; after FLUSH_OCTETS so sent, one goes through the
+        producer instead, which waits until the client has taken what was sent.  Anything else
+        (a large message, a file renamed or gone since the login) is opened in a thread."""
+        if size <= INLINE_OCTETS:
+            data = self.mbox.read_whole(number - 1)
+            if data is not None:
+                if top is not None:
+                    data = TopReader(io.BytesIO(data), top).read(len(data) + 1)
+                if self._unflushed < FLUSH_OCTETS:
+                    stuffer = DotStuffer()
+                    reply = b"".join((_ok(status), stuffer.transform(data), stuffer.terminator()))
+                    self._unflushed += len(reply)
+                    self.transport.write(reply)
+                    return
+                self._long_operation(self._stream(io.BytesIO(data), b"", status))
+                return
+        wrap = (lambda fp: fp) if top is None else (lambda fp: TopReader(fp, top))
         d = deferToThread(self._read_start, number - 1, wrap)
         d.addCallbacks(
             lambda start: self._stream(*start, status),
@@ -448,20 +474,23 @@ class POP3Session(POP3):
 
     def _stream(self, fp: BinaryIO | None, head: bytes, status: str) -> defer.Deferred | None:
         """Send ``+OK status``, then ``head`` and the rest of ``fp`` (if any) byte-stuffed, then
-        the terminating line.  A message read whole goes out in one write."""
+        the terminating line.  A message read whole goes out in one write; ``fp`` goes through
+        a producer, whose Deferred fires once the client has taken all that was sent."""
         if self._lost:
             if fp is not None:
                 fp.close()
             return None
-        self.successResponse(status)
         stuffer = DotStuffer()
         if fp is None:
-            self.transport.writeSequence([stuffer.transform(head), stuffer.terminator()])
+            self.transport.write(
+                b"".join((_ok(status), stuffer.transform(head), stuffer.terminator()))
+            )
             return None
-        self.transport.write(stuffer.transform(head))
+        self.transport.write(_ok(status) + stuffer.transform(head))
         d = MessageSender().beginFileTransfer(fp, self.transport, stuffer.transform)
 
         def sent(_: object) -> None:
+            self._unflushed = 0
             self.transport.write(stuffer.terminator())
 
         def failed(failure: Failure) -> None:
@@ -532,6 +561,11 @@ class POP3Session(POP3):
         "NOOP": _noop,
         "QUIT": _quit_transaction,
     }
+
+
+def _ok(status: str) -> bytes:
+    """The ``+OK status`` line, with its CRLF."""
+    return b"+OK " + status.encode("utf-8") + b"\r\n"
 
 
 def _messages(count: int) -> str:
