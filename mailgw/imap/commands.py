@@ -141,7 +141,7 @@ class SelectedCommands:
         if command not in UID_COMMANDS:
             raise imap4.IllegalClientResponse("UID does not go with " + repr(command))
         if command == b"EXPUNGE":
-            messages, rest = self.arg_seqset(line)
+            messages, rest = self.arg_seqset(line or b"")
             if rest:
                 raise imap4.IllegalClientResponse("UID EXPUNGE takes one UID set")
             self._command = (command, True)
