@@ -289,8 +289,17 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
         limit = self.context.limits.message_size
         return self._start_literal(size, plus, limit, imap4.LiteralFile)
 
+    def arg_flaglist(self, line):
+        """STORE's flags; none at all is BAD (RFC 3501 9), not "remove every flag"."""
+        if not line.strip():
+            raise imap4.IllegalClientResponse("Missing flags")
+        return _Server.arg_flaglist(self, line)
+
     def _IMAP4Server__doCommand(self, tag, handler, args, parseargs, line, uid):
         # Twisted's command tables name its own arg_* functions: use this class's instead.
+        # Missing arguments come as None, on which Twisted's parsers fail ("BAD Server error"):
+        # given b"" they answer "BAD Missing argument".
+        line = line or b""
         cls = type(self)
         parseargs = tuple(
             getattr(cls, arg.__name__, arg)
@@ -303,11 +312,10 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
     # -- one command at a time ------------------------------------------------------------
 
     def dispatchCommand(self, tag, cmd, rest, uid=None):
-        """Remember which command runs, then let Twisted dispatch it (a command without
-        arguments gets b"" as its rest: Twisted's parsers fail on None with 'Server error')."""
+        """Remember which command runs, then let Twisted dispatch it."""
         self._command = (cmd.upper(), bool(uid))
         self._searched = False
-        return _Server.dispatchCommand(self, tag, cmd, rest or b"", uid)
+        return _Server.dispatchCommand(self, tag, cmd, rest, uid)
 
     def lookupCommand(self, cmd):
         """The handler of ``cmd``; None (BAD Unsupported command) for a name that is not ASCII,
