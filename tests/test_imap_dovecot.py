@@ -231,12 +231,6 @@ def test_dovecot_sees_the_same_folders_messages_flags_and_uids(mailgw_server, do
         assert theirs[name] == ours[name], name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the store names folder directories in UTF-8 ('.Entw\u00fcrfe'); Dovecot's default "
-    "Maildir++ layout keeps modified UTF-7 on disk ('.Entw&APw-rfe'), so Dovecot lists the "
-    "folder but cannot open it (it can with mail_location ...:UTF-8)",
-)
 def test_dovecot_sees_a_folder_with_a_non_ascii_name(mailgw_server, dovecot_root):
     """'Entwürfe' (modified UTF-7 'Entw&APw-rfe' on the wire) is one folder for both servers."""
     dovecot_binary()

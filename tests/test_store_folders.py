@@ -219,3 +219,22 @@ def test_bad_addresses_refused(store, tmp_path, address):
     with pytest.raises(StoreError):
         incoming.commit([address])
     assert tree(tmp_path) == before
+
+
+def test_non_ascii_folder_names_are_modified_utf7_on_disk(store):
+    """As Dovecot keeps them: "Entwürfe.Alte & Neue" is ".Entw&APw-rfe.Alte &- Neue" on disk."""
+    store.create_folder(USER, "Entwürfe.Alte & Neue")
+    user_dir = store.user_dir(USER)
+    assert (user_dir / ".Entw&APw-rfe.Alte &- Neue" / "cur").is_dir()
+    assert "Entwürfe.Alte & Neue" in store.list_folders(USER)
+    uid = store.folder(USER, "Entwürfe.Alte & Neue").append(b"Subject: x\r\n\r\nbody\r\n")
+    assert [m.uid for m in store.folder(USER, "Entwürfe.Alte & Neue").messages()] == [uid]
+
+
+def test_directories_not_in_modified_utf7_are_not_folders(store):
+    """A directory another program named in raw UTF-8 or with a stray '&' is left alone."""
+    user_dir = store.user_dir(USER)
+    for name in (".Entwürfe", ".a&b", ".&Jjo"):
+        for sub in ("cur", "new", "tmp"):
+            (user_dir / name / sub).mkdir(parents=True)
+    assert store.list_folders(USER) == ["INBOX"]

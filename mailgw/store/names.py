@@ -7,11 +7,14 @@ can escape the mail directory (``..``, ``/``, NUL) or clash with the Maildir lay
 
 from __future__ import annotations
 
+import base64
+import re
+
 from mailgw.store.interfaces import InvalidFolderName, StoreError
 
 #: Longest folder name accepted, in characters.
 MAX_FOLDER_NAME = 200
-#: Longest folder name accepted, in UTF-8 octets (a directory name is at most 255 octets).
+#: Longest folder name accepted, in octets on disk (a directory name is at most 255 octets).
 MAX_FOLDER_NAME_OCTETS = 250
 #: The Maildir++ hierarchy delimiter.
 DELIMITER = "."
@@ -60,9 +63,7 @@ def canonical_folder(name: str) -> str:
         raise InvalidFolderName("empty folder name")
     if name.upper() == "INBOX":
         return "INBOX"
-    if len(name) > MAX_FOLDER_NAME or len(name.encode("utf-8", "surrogatepass")) > (
-        MAX_FOLDER_NAME_OCTETS
-    ):
+    if len(name) > MAX_FOLDER_NAME or len(encode_mutf7(name)) > MAX_FOLDER_NAME_OCTETS:
         raise InvalidFolderName("folder name too long")
     if _has_control(name) or any(c in _FORBIDDEN for c in name):
         raise InvalidFolderName("folder name has a forbidden character")
@@ -75,8 +76,11 @@ def canonical_folder(name: str) -> str:
 
 
 def folder_dir_name(name: str) -> str:
-    """Return the Maildir++ directory name of a (canonical, non-INBOX) folder: '.' + name."""
-    return DELIMITER + name
+    """Return the Maildir++ directory name of a (canonical, non-INBOX) folder.
+
+    '.' + the name in modified UTF-7 (RFC 3501 5.1.3), as Dovecot's default Maildir++ layout
+    keeps it on disk, so that Dovecot and mutt open every folder mailgw creates."""
+    return DELIMITER + encode_mutf7(name)
 
 
 def folder_from_dir_name(dir_name: str) -> str | None:
@@ -84,7 +88,40 @@ def folder_from_dir_name(dir_name: str) -> str | None:
     if not dir_name.startswith(DELIMITER):
         return None
     try:
-        name = canonical_folder(dir_name[1:])
-    except InvalidFolderName:
+        name = canonical_folder(decode_mutf7(dir_name[1:]))
+    except (InvalidFolderName, ValueError):
         return None
     return None if name == "INBOX" else name
+
+
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
+_TO_SHIFT = re.compile(r"&|[^\x20-\x7e]+")
+_SHIFTED = re.compile(r"&([A-Za-z0-9+,]*)-")
+
+
+def encode_mutf7(text: str) -> str:
+    """Encode ``text`` in IMAP's modified UTF-7: '&' as '&-', non-ASCII runs as '&base64-'."""
+
+    def shifted(match: re.Match) -> str:
+        if match.group() == "&":
+            return "&-"
+        utf16 = match.group().encode("utf-16-be", "surrogatepass")
+        return "&" + base64.b64encode(utf16).decode("ascii").rstrip("=").replace("/", ",") + "-"
+
+    return _TO_SHIFT.sub(shifted, text)
+
+
+def decode_mutf7(text: str) -> str:
+    """Decode IMAP's modified UTF-7; raise ValueError for text that is not valid in it."""
+
+    def unshifted(match: re.Match) -> str:
+        run = match.group(1)
+        if not run:
+            return "&"
+        padded = run.replace(",", "/") + "=" * (-len(run) % 4)
+        return base64.b64decode(padded, validate=True).decode("utf-16-be")
+
+    unshifted_part = _SHIFTED.sub("", text)
+    if "&" in unshifted_part or _NOT_PRINTABLE.search(unshifted_part):
+        raise ValueError(f"not modified UTF-7: {text!r}")
+    return _SHIFTED.sub(unshifted, text)
