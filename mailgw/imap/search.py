@@ -69,6 +69,8 @@ def tokenize(line: bytes) -> list:
         pos = match.end()
         opening, closing, quoted, atom = match.groups()
         if opening:
+            if len(stack) > MAX_DEPTH:
+                raise SearchSyntaxError("search criteria nested too deeply")
             stack.append([])
         elif closing:
             if len(stack) == 1:
@@ -125,19 +127,25 @@ def _sequence(token) -> list:
     return ranges
 
 
-def parse_criteria(tokens: list) -> tuple:
+#: Deepest nesting of parentheses, NOT and OR accepted in one SEARCH (real clients use a few).
+MAX_DEPTH = 50
+
+
+def parse_criteria(tokens: list, depth: int = 0) -> tuple:
     """The criteria tree: ('AND', [...]) of leaves like ('FLAG', '\\\\Seen', True)."""
     items = list(tokens)
     result = []
     while items:
-        result.append(_one(items))
+        result.append(_one(items, depth))
     return ("AND", result)
 
 
-def _one(items: list) -> tuple:
+def _one(items: list, depth: int) -> tuple:
+    if depth > MAX_DEPTH:
+        raise SearchSyntaxError("search criteria nested too deeply")
     token = items.pop(0)
     if isinstance(token, list):
-        return parse_criteria(token)
+        return parse_criteria(token, depth + 1)
     if isinstance(token, str):
         raise SearchSyntaxError("a search key cannot be a quoted string")
     key = token.decode("ascii", "replace").upper()
@@ -171,10 +179,10 @@ def _one(items: list) -> tuple:
     if key == "UID":
         return ("UID", _sequence(arg()))
     if key == "NOT":
-        return ("NOT", _one(items) if items else _missing(key))
+        return ("NOT", _one(items, depth + 1) if items else _missing(key))
     if key == "OR":
-        first = _one(items) if items else _missing(key)
-        return ("OR", first, _one(items) if items else _missing(key))
+        first = _one(items, depth + 1) if items else _missing(key)
+        return ("OR", first, _one(items, depth + 1) if items else _missing(key))
     if key[:1].isdigit() or key[:1] == "*":
         return ("SEQ", _sequence(token))
     raise SearchSyntaxError(f"unknown search key {key}")
