@@ -77,3 +77,9 @@ class ServerContext:
     limits: Limits = field(default_factory=Limits)
     #: Who receives mail for a local address (``mailgw.recipients.Recipients``); None: users only.
     recipients: object | None = None
+    #: Testing only (``mailgw.testing``; no configuration key sets it): the fault table the
+    #: protocols consult at each step.  None in production.
+    faults: object | None = None
+    #: Testing only: called in the reactor thread after each SMTP delivery with
+    #: ``(envelope sender, [envelope recipients], {mailbox address: uid})``.
+    on_delivery: object | None = None

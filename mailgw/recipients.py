@@ -332,3 +332,34 @@ class Recipients:
                 log.error("alias expansion over {count} users stopped", count=MAX_USERS)
                 return set()
         return users
+
+
+class CaptureAll:
+    """Testing only (``mailgw.testing``, a capture server): every address of every domain gets
+    its own copy, in the mailbox of that exact address, and any sender is allowed.
+
+    No configuration key builds it: only ``mailgw.testing.MailServer(catch_all=True)`` does."""
+
+    def __init__(self, domains: tuple) -> None:
+        self.domains = frozenset(domains)
+        self.first_domain = domains[0]
+
+    def check(self) -> None:
+        """Nothing to check."""
+
+    def is_local(self, domain: str) -> bool:
+        """Every domain is delivered here."""
+        return True
+
+    def resolve(self, address: str) -> tuple[str, ...]:
+        """The address itself (a domain-less one in the first domain); UnknownRecipient if bad."""
+        if "@" not in address:
+            address = f"{address}@{self.first_domain}"
+        try:
+            return (canonical_address(address),)
+        except InvalidAddress:
+            raise UnknownRecipient(address) from None
+
+    def may_send_as(self, user: str, address: str) -> bool:
+        """Any sender is allowed."""
+        return True

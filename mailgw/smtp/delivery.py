@@ -152,6 +152,8 @@ class MessageWriter:
         self.size = 0
         #: The reply that ends the transaction, once something went wrong.
         self.failure: Reply | None = None
+        #: {address: uid} once committed.
+        self.delivered: dict = {}
 
     def write_header(self, header: bytes) -> None:
         """Prepend a header line (without CRLF) that mailgw adds; raise StoreError."""
@@ -240,6 +242,7 @@ class MessageWriter:
         self.abort()
 
     def _committed(self, uids: dict, sender: Mailbox | None, addresses: list[str]) -> Reply:
+        self.delivered = uids
         _log.info(
             "Delivered {id} ({size} octets) from <{sender}> to {recipients}",
             id=self.transaction_id,

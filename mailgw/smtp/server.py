@@ -26,6 +26,7 @@ import base64
 import itertools
 import secrets
 from collections import deque
+from functools import partial
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
@@ -57,6 +58,10 @@ _log = Logger()
 
 #: A line with no CRLF after this many times the largest line limit ends the connection.
 _HARD_LINE_FACTOR = 4
+
+
+#: SMTP commands at which a test may inject a fault (mailgw.testing.faults), by step name.
+_FAULT_STEPS = {b"MAIL": "mail", b"RCPT": "rcpt", b"DATA": "data"}
 
 
 @implementer(IPushProducer, IHandshakeListener)
@@ -125,7 +130,11 @@ class SMTPServer(ESMTP):
         self.delivery = Delivery().bind(self._session())
         if not self.secure:  # under implicit TLS: once the handshake is done
             self.transport.registerProducer(self, True)
-        super().connectionMade()
+        fault = self._fault("connect", self._client_ip)
+        if fault is None:
+            super().connectionMade()
+        else:
+            self._act(fault, super().connectionMade)
 
     def handshakeCompleted(self) -> None:
         """TLS is up: from now on a full write buffer may pause reading (see pauseProducing).
@@ -241,7 +250,43 @@ class SMTPServer(ESMTP):
         handler = self._commands.get(verb)
         if handler is None:
             raise CommandError(replies.UNRECOGNIZED)
+        fault = self._fault(_FAULT_STEPS.get(verb), argument.decode("latin-1"))
+        if fault is not None:
+            return self._act(fault, lambda: self._run(handler, argument))
         return handler(argument)
+
+    # -- fault injection (mailgw.testing; context.faults is None in production)
+
+    def _fault(self, step: str | None, subject: str) -> object | None:
+        """The injected fault for this step, if a test set one."""
+        faults = self.context.faults
+        if faults is None or step is None:
+            return None
+        return faults.take("smtp", step, subject)
+
+    def _act(self, fault: object, proceed: object) -> Deferred | None:
+        """Carry out an injected fault, then maybe ``proceed()``."""
+        from mailgw.testing.faults import act
+
+        return act(fault, partial(self._fault_reply, step=fault.step), self._hang_up, proceed)
+
+    def _fault_reply(self, text: str, step: str) -> None:
+        """Send an injected reply line; one refusing DATA ends the transaction, as a refusal
+        after the final dot does; a 421 closes the session, as it says."""
+        self.sendLine(text.encode("utf-8"))
+        if step == "data":
+            self._abort_transaction()
+        if text.startswith("421"):
+            self._abort_transaction()
+            self._hang_up()
+
+    def _run(self, handler: object, argument: bytes) -> Deferred | None:
+        """Run a command after an injected delay, answering its CommandError."""
+        try:
+            return handler(argument)
+        except CommandError as error:
+            self.reply(error.reply)
+            return None
 
     # -- output
 
@@ -508,13 +553,22 @@ class SMTPServer(ESMTP):
         if not writer.feed(line):
             return None
         sender, addresses = self._mail.sender, list(self._users)
+        envelope = (str(sender or ""), list(self._recipients))
         self._writer = None
         self._mail = None
         self._recipients = {}
         self._users = {}
         finished = writer.finish(sender, addresses)
+        if self.context.on_delivery is not None:
+            finished.addCallback(self._tell_delivery, writer, *envelope)
         finished.addCallback(self.reply)
         return finished
+
+    def _tell_delivery(self, reply: Reply, writer: MessageWriter, sender: str, rcpts: list):
+        """Tell ``context.on_delivery`` (mailgw.testing) of a committed message."""
+        if writer.delivered:
+            self.context.on_delivery(sender, rcpts, writer.delivered)
+        return reply
 
     def _abort_transaction(self) -> None:
         if self._writer is not None:
