@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.mail import imap4
 from zope.interface import implementer
 
-from mailgw.imap.mailbox import SessionMailbox, append_file
+from mailgw.imap.mailbox import SessionMailbox, append_file, folder_snapshot
 from mailgw.store.interfaces import (
     FolderExists,
     InvalidFolderName,
@@ -150,7 +150,7 @@ class MailAccount:
 
         def work():
             folder = store.folder(address, folder_name(name))
-            return folder, folder.messages()
+            return folder, folder_snapshot(folder)
 
         def opened(result):
             folder, infos = result

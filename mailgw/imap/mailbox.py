@@ -11,16 +11,17 @@ requestStatus and close.  Changes made by other sessions arrive through the stor
 from __future__ import annotations
 
 import email.utils
+import weakref
 from functools import partial
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
 from twisted.mail import imap4
 from zope.interface import implementer
 
 from mailgw.imap.message import StoredMessage
 from mailgw.imap.parsing import PERMANENT_FLAGS, FetchPlan, storable_flags
-from mailgw.imap.view import SEEN, FolderView
+from mailgw.imap.view import SEEN, FolderView, Snapshot
 from mailgw.store.interfaces import IFolderListener, NoSuchMessage, StoreError
 
 DELETED = "\\Deleted"
@@ -63,6 +64,21 @@ class RecentClaims:
 #: The one claim table of this process.
 RECENT_CLAIMS = RecentClaims()
 
+#: The last Snapshot taken of each open folder object.
+_SNAPSHOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def folder_snapshot(folder) -> Snapshot:
+    """The folder's listing as a Snapshot (blocking: call in a thread); the previous one is
+    reused if no message changed since (the store hands out the same IMessageInfo objects)."""
+    infos = folder.messages()
+    previous = _SNAPSHOTS.get(folder)
+    if previous is not None and len(previous.infos) == len(infos) and previous.infos == infos:
+        return previous
+    snapshot = Snapshot(infos)
+    _SNAPSHOTS[folder] = snapshot
+    return snapshot
+
 
 class ISessionListener(imap4.IMailboxListener):
     """A session showing a selected mailbox: told of expunges and of pending changes."""
@@ -104,18 +120,19 @@ class SessionMailbox:
     ``watched`` is the account's set of mailboxes whose folder is being watched; this mailbox
     is in it from its first listener until close(), so logout can stop every watch."""
 
-    def __init__(self, store, folder, infos: list, writeable: bool, watched: set) -> None:
+    def __init__(self, store, folder, snapshot: Snapshot, writeable: bool, watched: set) -> None:
+        """Select ``folder``, as ``snapshot`` (``folder_snapshot``) lists it."""
         self._store = store
         self._watched = watched
         self.folder = folder
-        recent = [info.uid for info in infos if info.recent]
+        recent = snapshot.recent
         if writeable:
             recent = RECENT_CLAIMS.claim(folder, recent)
             claim = partial(RECENT_CLAIMS.claim, folder)
         else:
             recent = RECENT_CLAIMS.unclaimed(folder, recent)
             claim = None
-        self._view = FolderView(infos, recent, claim)
+        self._view = FolderView(snapshot, recent, claim)
         self._writeable = writeable
         self._listeners: list = []
         self._watch: _FolderWatch | None = None
@@ -199,7 +216,7 @@ class SessionMailbox:
 
     def refresh(self) -> Deferred:
         """Rescan the folder (in a thread) and note whatever changed, even by other programs."""
-        return deferToThread(self.folder.messages).addCallback(self._view.reconcile)
+        return deferToThread(folder_snapshot, self.folder).addCallback(self._view.reconcile)
 
     def sync(self, allow_expunge: bool) -> None:
         """Tell the listeners of pending changes (EXPUNGEs only if ``allow_expunge``)."""
@@ -219,6 +236,21 @@ class SessionMailbox:
     def fetch(self, messages, uid: bool) -> Deferred:
         """``[(seq, IMessage)]`` for the messages that still exist (no content loaded)."""
         return self.fetch_for(messages, uid, FetchPlan(False, False, False, True))
+
+    def fetch_rows(self, messages, uid: bool, plan: FetchPlan) -> Deferred:
+        """For FETCH's one-pass writer: fires with an iterator of ``(seq, IMessageInfo,
+        \\Recent here)``, once \\Seen is set (if ``plan`` says so) and \\Recent ones are marked."""
+        if plan.sets_seen and self._writeable:
+            d = self.fetch_for(messages, uid, plan)
+            return d.addCallback(
+                lambda loaded: self._view.rows([(s, m.getUID()) for s, m in loaded])
+            )
+        pairs = self._view.resolve(messages, uid)
+        rows = self._view.rows(pairs)
+        recent = [info.uid for _, info, _ in self._view.rows(pairs) if info.recent]
+        if not recent:
+            return succeed(rows)
+        return deferToThread(self.folder.mark_seen_by_client, recent).addCallback(lambda _: rows)
 
     def fetch_for(self, messages, uid: bool, plan: FetchPlan) -> Deferred:
         """Like fetch(), loading what ``plan`` needs and setting \\Seen if it says so."""

@@ -32,14 +32,44 @@ class Updates:
     recent: int | None = None
 
 
+def _first_unseen(uids: list, infos: dict) -> int | None:
+    for seq, uid in enumerate(uids, 1):
+        if SEEN not in infos[uid].flags:
+            return seq
+    return None
+
+
+class Snapshot:
+    """What every view of one folder listing starts from, computed once (read-only, shared).
+
+    Views keep the snapshot's list and dict until they change something, then copy them, so a
+    SELECT of an unchanged folder costs no per-message work in the session."""
+
+    __slots__ = ("infos", "uids", "by_uid", "keywords", "recent", "first_unseen", "unseen")
+
+    def __init__(self, infos: list) -> None:
+        """Derive from ``infos``, a folder's IMessageInfo listing in ascending UID order."""
+        self.infos = infos
+        self.uids: list[int] = [info.uid for info in infos]
+        self.by_uid: dict = dict(zip(self.uids, infos, strict=True))
+        distinct = {info.flags for info in infos}
+        self.keywords = frozenset(f for flags in distinct for f in flags if f[:1] != "\\")
+        self.recent: list[int] = [info.uid for info in infos if info.recent]
+        self.first_unseen = _first_unseen(self.uids, self.by_uid)
+        self.unseen = sum(1 for info in infos if SEEN not in info.flags)
+
+
 class FolderView:
     """The ordered UIDs a session knows (sequence number = position + 1) and their metadata."""
 
-    def __init__(self, infos: list, recent=frozenset(), claim=None) -> None:
-        """Show ``infos``; ``recent`` are the UIDs \\Recent in this session, and
-        ``claim(uids)`` returns those of newly arrived UIDs that become \\Recent here."""
-        self._uids: list[int] = [info.uid for info in infos]
-        self._infos: dict = {info.uid: info for info in infos}
+    def __init__(self, snapshot: Snapshot, recent=frozenset(), claim=None) -> None:
+        """Show the folder as ``snapshot`` lists it; ``recent`` are the UIDs \\Recent in this
+        session, and ``claim(uids)`` returns those of newly arrived UIDs that become \\Recent
+        here."""
+        #: The snapshot whose list and dict the view still shares, None once it has its own.
+        self._snapshot: Snapshot | None = snapshot
+        self._uids: list[int] = snapshot.uids
+        self._infos: dict = snapshot.by_uid
         self._recent: set[int] = set(recent)
         self._claim = claim or (lambda uids: set())
         self._gone: set[int] = set()
@@ -61,15 +91,16 @@ class FolderView:
     @property
     def unseen_count(self) -> int:
         """Messages without \\Seen."""
+        if self._snapshot is not None:
+            return self._snapshot.unseen
         return sum(1 for uid in self._uids if SEEN not in self._infos[uid].flags)
 
     @property
     def first_unseen(self) -> int | None:
         """The sequence number of the first message without \\Seen, or None."""
-        for seq, uid in enumerate(self._uids, 1):
-            if SEEN not in self._infos[uid].flags:
-                return seq
-        return None
+        if self._snapshot is not None:
+            return self._snapshot.first_unseen
+        return _first_unseen(self._uids, self._infos)
 
     @property
     def last_uid(self) -> int:
@@ -107,27 +138,54 @@ class FolderView:
         if not self._uids:
             return []
         messages.last = self._uids[-1] if by_uid else len(self._uids)
+        ranges = messages.ranges
+        if len(ranges) == 1:
+            start, stop = self._span(*ranges[0], by_uid)
+            pairs = list(zip(range(start + 1, stop + 1), self._uids[start:stop], strict=True))
+            if self._gone:
+                pairs = [(seq, uid) for seq, uid in pairs if uid not in self._gone]
+            return pairs
         found: dict[int, int] = {}
-        for low, high in messages.ranges:
-            if by_uid:
-                start = bisect.bisect_left(self._uids, low)
-                stop = bisect.bisect_right(self._uids, high)
-            else:
-                start, stop = max(low, 1) - 1, min(high, len(self._uids))
+        for low, high in ranges:
+            start, stop = self._span(low, high, by_uid)
             for index in range(start, stop):
                 found[index + 1] = self._uids[index]
         return [(seq, uid) for seq, uid in sorted(found.items()) if uid not in self._gone]
 
+    def _span(self, low: int, high: int, by_uid: bool) -> tuple[int, int]:
+        if by_uid:
+            return bisect.bisect_left(self._uids, low), bisect.bisect_right(self._uids, high)
+        return max(low, 1) - 1, max(min(high, len(self._uids)), 0)
+
+    def rows(self, pairs: list):
+        """``(seq, IMessageInfo, is \\Recent here)`` for each ``(seq, uid)`` the view holds."""
+        infos, recent = self._infos, self._recent
+        for seq, uid in pairs:
+            info = infos.get(uid)
+            if info is not None:
+                yield seq, info, uid in recent
+
     # -- changes made by this session -----------------------------------------------------
+
+    def _own(self) -> None:
+        """Stop sharing the snapshot's list and dict: the view is about to change."""
+        if self._snapshot is not None:
+            self._uids = list(self._uids)
+            self._infos = dict(self._infos)
+            self._snapshot = None
 
     def apply_flags(self, infos: list) -> None:
         """Take new flags that this session itself stored."""
+        if infos:
+            self._own()
         for info in infos:
             if info.uid in self._infos:
                 self._infos[info.uid] = info
 
     def keywords(self) -> set:
         """The keywords some message in the view carries."""
+        if self._snapshot is not None:
+            return set(self._snapshot.keywords)
         return {f for info in self._infos.values() for f in info.flags if f[:1] != "\\"}
 
     def candidates(self) -> list:
@@ -179,12 +237,23 @@ class FolderView:
             if uid in self._infos:
                 self._gone.add(uid)
 
-    def reconcile(self, infos: list) -> None:
-        """Compare with a fresh listing of the folder and note every difference."""
-        present = {info.uid: info for info in infos}
-        self.note_expunged([uid for uid in self._uids if uid not in present])
-        self.note_flags([info for info in infos if info.uid in self._infos])
-        self.note_added([info for info in infos if info.uid not in self._infos])
+    def reconcile(self, snapshot: Snapshot) -> None:
+        """Compare with a fresh snapshot of the folder and note every difference; nothing to
+        do if it is the very snapshot the view still shares.
+
+        The store hands out the same IMessageInfo object for a message until it changes, so
+        only the entries that are not the view's own objects are looked at closely."""
+        if snapshot is self._snapshot:
+            return
+        infos = snapshot.infos
+        known = self._infos
+        differing = [info for info in infos if known.get(info.uid) is not info]
+        added = [info for info in differing if info.uid not in known]
+        if len(infos) != len(known) + len(added):
+            present = {info.uid for info in infos}
+            self.note_expunged([uid for uid in self._uids if uid not in present])
+        self.note_flags([info for info in differing if info.uid in known])
+        self.note_added(added)
 
     @property
     def has_pending(self) -> bool:
@@ -197,6 +266,7 @@ class FolderView:
         Expunges stay pending unless ``allow_expunge`` (not while answering FETCH, STORE or
         SEARCH); new messages and flag changes never shift existing sequence numbers."""
         updates = Updates()
+        self._own()
         if allow_expunge and self._gone:
             updates.expunged = self._drop(self._gone)
         for uid, info in sorted(self._changed.items()):
@@ -216,6 +286,7 @@ class FolderView:
         return updates
 
     def _drop(self, uids: set) -> list:
+        self._own()
         expunged = []
         for index in range(len(self._uids) - 1, -1, -1):
             uid = self._uids[index]
