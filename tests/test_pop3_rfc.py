@@ -73,7 +73,7 @@ def test_rfc1939_example_session(server):
     assert exchange(sock, b"DELE 2") == b"+OK message 2 deleted\r\n"
     sock.sendall(b"QUIT\r\n")
     assert read_to_eof(sock) == b"+OK mx.example.test POP3 server signing off (maildrop empty)\r\n"
-    assert inbox.messages() == []
+    assert inbox.messages() == ()
 
 
 # -- states ---------------------------------------------------------------------------------------

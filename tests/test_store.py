@@ -181,7 +181,7 @@ def test_expunge_removes_the_files(store):
     b = folder.append(b"b\r\n", flags=["\\Seen"])
     assert folder.expunge([a, b]) == [a, b]
     assert files_in(inbox_dir(store) / "new") == files_in(inbox_dir(store) / "cur") == []
-    assert folder.messages() == []
+    assert folder.messages() == ()
 
 
 def test_concurrent_delivery_400_distinct_messages(store):
@@ -285,7 +285,7 @@ def test_incoming_abort_leaves_nothing(store, size):
     incoming.abort()
     incoming.abort()
     assert files_in(store.tmp_dir) == []
-    assert store.folder(USER).messages() == []
+    assert store.folder(USER).messages() == ()
     with pytest.raises(StoreError):
         incoming.write(b"more")
 
@@ -295,7 +295,7 @@ def test_incoming_bad_recipient_delivers_nothing(store):
     incoming.write(b"x\r\n")
     with pytest.raises(StoreError):
         incoming.commit([USER, "../../etc@example.test"])
-    assert store.folder(USER).messages() == []
+    assert store.folder(USER).messages() == ()
     assert files_in(store.tmp_dir) == []
 
 
@@ -320,11 +320,11 @@ def test_failure_during_commit_leaves_nothing_visible(store, monkeypatch):
     monkeypatch.undo()
     for address in recipients:
         assert files_in(store.user_dir(address) / "new") == []
-        assert store.folder(address).messages() == []
+        assert store.folder(address).messages() == ()
     assert files_in(store.tmp_dir) == []
     fresh = reopen(store)
     for address in recipients:
-        assert fresh.folder(address).messages() == []
+        assert fresh.folder(address).messages() == ()
     # The UIDs given to the withdrawn copies are skipped, never reused.
     assert store.folder("a@example.test").append(b"next\r\n") == 2
 
@@ -339,7 +339,7 @@ def test_failure_during_append_leaves_nothing_visible(store, monkeypatch):
     with pytest.raises(StoreError, match="EACCES"):
         folder.append(b"x\r\n")
     monkeypatch.undo()
-    assert folder.messages() == []
+    assert folder.messages() == ()
     for sub in ("new", "cur", "tmp"):
         assert files_in(inbox_dir(store) / sub) == []
 
@@ -354,5 +354,18 @@ def test_failure_writing_the_file_raises_store_error(store, monkeypatch):
     with pytest.raises(StoreError, match="ENOSPC"):
         folder.append(b"x\r\n")
     monkeypatch.undo()
-    assert folder.messages() == []
+    assert folder.messages() == ()
     assert files_in(inbox_dir(store) / "tmp") == []
+
+
+def test_unchanged_folder_hands_out_the_same_listing(store):
+    """messages() costs nothing while nothing changed: the same tuple, rebuilt after a change."""
+    folder = store.folder(USER)
+    uid = folder.append(b"Subject: one\r\n\r\n1\r\n")
+    first = folder.messages()
+    assert folder.messages() is first
+    folder.set_flags(uid, {"\\Seen"})
+    second = folder.messages()
+    assert second is not first and second[0].flags == {"\\Seen"}
+    folder.append(b"Subject: two\r\n\r\n2\r\n")
+    assert len(folder.messages()) == 2

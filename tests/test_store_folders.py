@@ -83,7 +83,7 @@ def test_delete_folder_and_recreate_gets_larger_uidvalidity(store):
         folder.messages()
     again = store.create_folder(USER, "Trash")
     assert again.uid_validity > validity
-    assert again.messages() == []
+    assert again.messages() == ()
     assert os.listdir(store.tmp_dir) == []
 
 

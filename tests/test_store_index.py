@@ -77,7 +77,7 @@ def test_message_file_removed_by_hand_disappears(store):
     new = store.user_dir(USER) / "new"
     [name] = os.listdir(new)
     os.unlink(new / name)
-    assert folder.messages() == []
+    assert folder.messages() == ()
     assert folder.append(b"b\r\n") == uid + 1
 
 
@@ -206,7 +206,7 @@ def test_fresh_dotlock_held_elsewhere_times_out(store, monkeypatch):
     with pytest.raises(StoreError, match="lock"):
         folder.append(b"a\r\n")
     lock.unlink()
-    assert folder.messages() == []
+    assert folder.messages() == ()
     assert os.listdir(store.user_dir(USER) / "tmp") == []
     assert folder.append(b"b\r\n") == 1
 

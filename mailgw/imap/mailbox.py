@@ -70,10 +70,10 @@ _SNAPSHOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def folder_snapshot(folder) -> Snapshot:
     """The folder's listing as a Snapshot (blocking: call in a thread); the previous one is
-    reused if no message changed since (the store hands out the same IMessageInfo objects)."""
+    reused if the folder did not change since (the store then hands out the same listing)."""
     infos = folder.messages()
     previous = _SNAPSHOTS.get(folder)
-    if previous is not None and len(previous.infos) == len(infos) and previous.infos == infos:
+    if previous is not None and previous.infos is infos:
         return previous
     snapshot = Snapshot(infos)
     _SNAPSHOTS[folder] = snapshot

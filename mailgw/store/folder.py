@@ -138,6 +138,8 @@ class MaildirFolder:
         self._lock = threading.RLock()
         self._gone = False
         self._messages: dict[int, MessageInfo] = {}
+        #: messages() as handed out, kept until the next change (None: build it again).
+        self._listing: tuple | None = None
         #: True when ``_messages`` is not in ascending UID order (see ``_insert``).
         self._unordered = False
         self._stamps: tuple[int, int] | None = None
@@ -165,11 +167,16 @@ class MaildirFolder:
             self._index.refresh()
             return self._index.uid_next
 
-    def messages(self) -> list:
-        """Return MessageInfo snapshots of all messages, in ascending UID order."""
+    def messages(self) -> tuple:
+        """Return MessageInfo snapshots of all messages, in ascending UID order.
+
+        While the folder is unchanged, every call returns the same tuple (callers may compare
+        listings by identity); building it costs one pass only after a change."""
         with self._lock:
             self._refresh()
-            return list(self._ordered().values())
+            if self._listing is None:
+                self._listing = tuple(self._ordered().values())
+            return self._listing
 
     def get(self, uid: int) -> MessageInfo:
         """Return the MessageInfo for ``uid``; raise NoSuchMessage."""
@@ -262,6 +269,7 @@ class MaildirFolder:
                 uid, old.key, self._keywords.flags_of(info), False, info, old._size, old._date
             )
             self._messages[uid] = new
+            self._listing = None
             self._record_stamps()
             self._listeners.notify(self.folder_id, "flags_changed", [new])
             return new
@@ -287,6 +295,7 @@ class MaildirFolder:
                 self._messages[uid] = MessageInfo(
                     uid, old.key, old.flags, False, info, old._size, old._date
                 )
+                self._listing = None
                 moved = True
             if moved:
                 self._sync_dirs({"new", "cur"})
@@ -313,6 +322,7 @@ class MaildirFolder:
                         raise store_error(f"cannot remove message {uid}", e) from e
                     touched.add(old.subdir)
                     del self._messages[uid]
+                    self._listing = None
                     removed.append(uid)
                     break
             if removed:
@@ -393,6 +403,7 @@ class MaildirFolder:
             uids = list(self._ordered())
             self._gone = True
             self._messages = {}
+            self._listing = None
             return uids
 
     # -- internals --
@@ -435,6 +446,7 @@ class MaildirFolder:
         if not self._unordered and messages and message.uid < next(reversed(messages)):
             self._unordered = True
         messages[message.uid] = message
+        self._listing = None
 
     def _ordered(self) -> dict[int, MessageInfo]:
         """The messages by UID, in ascending UID order."""
@@ -549,6 +561,7 @@ class MaildirFolder:
             added.sort(key=lambda m: m.uid)
         expunged = [uid for uid in old if uid not in fresh]
         self._messages = fresh
+        self._listing = None
         self._stamps = stamps
         if notify:
             self._listeners.notify(self.folder_id, "messages_expunged", expunged)

@@ -76,8 +76,10 @@ class IFolder(Interface):
     uid_validity = Attribute("int: UIDVALIDITY, fixed for the life of the folder.")
     uid_next = Attribute("int: the UID the next message will get.")
 
-    def messages() -> list:
+    def messages() -> tuple:
         """Return IMessageInfo snapshots of all messages, in ascending UID order.
+
+        The same tuple object is returned again while the folder is unchanged.
 
         Picks up changes made by other programs (a rescan, only when the directory changed)."""
 
