@@ -7,6 +7,8 @@
     mailgw [--config FILE] user del ADDRESS
     mailgw [--config FILE] user list
     mailgw [--config FILE] check-config
+    mailgw testserver [--json] [--no-catch-all] [--auth-required] [--no-plaintext]
+                      [--domain DOMAIN ...] [--user ADDRESS:PASSWORD ...]
 
 Without ``--config`` the embedded default configuration is used, as by a bare ``twistd mailgw``.
 Every failure is reported as one line on stderr (``mailgw: error: ...``) with a non-zero exit
@@ -17,12 +19,18 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import LogLevel, formatEvent, globalLogBeginner
+from twisted.python.failure import Failure
 
 from mailgw import __version__
 from mailgw.auth import (
@@ -96,7 +104,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the configuration and summarise it",
         description="validate the configuration and summarise it",
     )
+    _add_testserver_parser(commands)
     return parser
+
+
+def _add_testserver_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``mailgw testserver`` and its options."""
+    text = "run a throw-away mail server for tests, with an HTTP JSON API to drive it"
+    testserver = commands.add_parser(
+        "testserver",
+        help=text,
+        description=f"{text[0].upper()}{text[1:]}.  It listens on 127.0.0.1 at ephemeral ports "
+        "(every service, TLS with a CA made for the run), prints the endpoints as NAME=value "
+        "lines (or one JSON object) once every listener answers, and runs until SIGINT or "
+        "SIGTERM, then removes its data.  --config is ignored.  See docs/testing.rst.",
+    )
+    testserver.add_argument(
+        "--json", action="store_true", help="print the endpoints as one JSON object"
+    )
+    testserver.add_argument(
+        "--catch-all",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="accept mail for any recipient at any domain without login (default: yes)",
+    )
+    testserver.add_argument(
+        "--auth-required",
+        action="store_true",
+        help="make the smtp port require AUTH before MAIL, as submission does",
+    )
+    testserver.add_argument(
+        "--no-plaintext",
+        action="store_true",
+        help="refuse passwords sent without TLS (default: allowed)",
+    )
+    testserver.add_argument(
+        "--domain",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="a local domain, repeatable (default: example.test)",
+    )
+    testserver.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        type=_user_spec,
+        metavar="ADDRESS:PASSWORD",
+        help="a user to add, repeatable",
+    )
+
+
+def _user_spec(text: str) -> tuple[str, str]:
+    """``ADDRESS:PASSWORD`` as a pair; argparse reports a malformed one."""
+    address, colon, password = text.partition(":")
+    if not colon or not address or not password:
+        raise argparse.ArgumentTypeError(f"expected ADDRESS:PASSWORD, got {text!r}")
+    return address, password
 
 
 def _load(path: Path | None) -> Config:
@@ -215,6 +279,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     Exits through SystemExit, with one line on stderr, on any error.
     """
     args = build_parser().parse_args(argv)
+    if args.command == "testserver":
+        return _testserver(args)
     try:
         config = _load(args.config)
         if args.command == "check-config":
@@ -229,6 +295,74 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(file=sys.stderr)
         _fail("interrupted", EXIT_INTERRUPTED)
     return 0
+
+
+def _testserver(args: argparse.Namespace) -> int:
+    """Carry out ``mailgw testserver``: serve until SIGINT or SIGTERM, then clean up; return 0."""
+    from twisted.internet import reactor
+
+    from mailgw.testing import MailServer
+    from mailgw.testing.http import HttpApi
+
+    try:
+        server = MailServer(
+            catch_all=args.catch_all,
+            auth_required=args.auth_required,
+            allow_plaintext=not args.no_plaintext,
+            domains=tuple(args.domain) or ("example.test",),
+        )
+    except ValueError as error:
+        _fail(str(error))
+    api = HttpApi(server, reactor)
+    errors: list[str] = []
+
+    async def start() -> None:
+        await server.start_in_reactor()
+        for address, password in args.user:
+            server.add_user(address, password)
+        await api.start()
+        await _all_answer(
+            reactor,
+            server.host,
+            [*(getattr(server, f"{name}_port") for name in server.services), api.port],
+        )
+        _print_endpoints(server, api.url, args.json)
+
+    def failed(failure: Failure) -> None:
+        errors.append(failure.getErrorMessage())
+        reactor.stop()
+
+    def stop() -> Deferred:
+        return DeferredList([api.stop(), server.stop_in_reactor()])
+
+    reactor.callWhenRunning(lambda: ensureDeferred(start()).addErrback(failed))
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.run()  # SIGINT and SIGTERM stop it
+    if errors:
+        _fail(errors[0])
+    return 0
+
+
+async def _all_answer(reactor: object, host: str, ports: list[int]) -> None:
+    """Return once a TCP connection to each of ``ports`` has been accepted (and closed)."""
+    for port in ports:
+        protocol = await connectProtocol(TCP4ClientEndpoint(reactor, host, port), Protocol())
+        protocol.transport.loseConnection()
+
+
+def _print_endpoints(server: object, http_url: str, as_json: bool) -> None:
+    """Print the endpoints on stdout in one write: ``MAILGW_NAME=value`` lines, or JSON."""
+    from mailgw.testing.http import describe
+
+    info = describe(server, http_url)
+    if as_json:
+        text = json.dumps(info) + "\n"
+    else:
+        text = "".join(
+            f"MAILGW_{key.upper()}={shlex.quote(str(value))}\n" for key, value in info.items()
+        )
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _print_warning(event: dict) -> None:

@@ -14,7 +14,7 @@ offers the verbs of the Python API:
 ``POST /users``                            ``{address, password}``
 ``POST /deliver``                          ``{address, message | message_base64, folder,
                                            flags}`` -> ``{uid}``
-``POST /clear``                            remove every message
+``POST /clear``                            remove every message and fault
 ``POST /faults``                           ``{protocol, step, reply, match, times, drop,
                                            delay}`` -> ``{id}``
 ``GET /faults``                            the faults still in force, with their hits
@@ -133,7 +133,7 @@ class ApiResource(Resource):
 
     def _finish_later(self, outcome: object, request: Request, waiting: Deferred) -> None:
         self._waits.discard(waiting)
-        if request.finished or request._disconnected:
+        if request.finished or request.channel is None:  # answered, or the client left
             return
         if isinstance(outcome, Failure):
             if outcome.check(ApiError):
