@@ -8,33 +8,29 @@ test thread; everything that touches Twisted runs in the reactor thread through
 from __future__ import annotations
 
 import dataclasses
-import threading
+import functools
 from pathlib import Path
 
 import pytest
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.threads import blockingCallFromThread
 
 from mailgw.config import Config
 from mailgw.context import GuardSettings
-
-_reactor_thread: threading.Thread | None = None
-
-
-def _ensure_reactor() -> None:
-    global _reactor_thread
-    if _reactor_thread is None:
-        _reactor_thread = threading.Thread(
-            target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True, name="reactor"
-        )
-        _reactor_thread.start()
+from mailgw.testing.server import ReactorThread
 
 
 def in_reactor(fn, *args, **kwargs):
-    """Run ``fn`` in the reactor thread and return its (Deferred's) result."""
-    _ensure_reactor()
-    return blockingCallFromThread(reactor, fn, *args, **kwargs)
+    """Run ``fn`` in the reactor thread and return its (Deferred's) result.
+
+    The reactor thread is mailgw.testing's own (started on first use), so that the suite and any
+    MailServer it starts share one running reactor."""
+    return ReactorThread.call(functools.partial(fn, *args, **kwargs))
+
+
+def reactor_thread_alive() -> bool:
+    """Is the shared reactor thread still running (no test may have killed it)?"""
+    return ReactorThread.thread is not None and ReactorThread.thread.is_alive()
 
 
 #: Guard settings for tests: no delays, so failures are cheap; still counts failures.

@@ -360,5 +360,5 @@ def test_fuzzed_sessions_never_hurt_the_server(pop):
     started = time.monotonic()
     case()
     assert time.monotonic() - started < 20
-    assert conftest._reactor_thread.is_alive()
+    assert conftest.reactor_thread_alive()
     assert set(ran) == set(_STATES)

@@ -366,7 +366,7 @@ def test_fuzzed_sessions_never_hurt_the_server(mx):
     started = time.monotonic()
     case()
     assert time.monotonic() - started < 30
-    assert conftest._reactor_thread.is_alive()
+    assert conftest.reactor_thread_alive()
     probes = [
         BytesHeaderParser().parsebytes(message)["Message-ID"] for message in stored(mx, ALICE)
     ]

@@ -89,7 +89,7 @@ def _reactor() -> object:
     return reactor
 
 
-class _ReactorThread:
+class ReactorThread:
     """Runs calls on the global reactor from other threads, starting it once if needed."""
 
     _lock = threading.Lock()
@@ -260,7 +260,7 @@ class MailServer:
 
     def start(self) -> MailServer:
         """Start on the reactor thread; return once every listener answers a connection."""
-        _ReactorThread.call(self.start_in_reactor)
+        ReactorThread.call(self.start_in_reactor)
         for port in self._ports.values():
             with socket.create_connection((self.host, port), timeout=5):
                 pass
@@ -269,7 +269,7 @@ class MailServer:
     def stop(self) -> None:
         """Stop listening, close every connection, remove the temporary data directory."""
         if self._service is not None:
-            _ReactorThread.call(self.stop_in_reactor)
+            ReactorThread.call(self.stop_in_reactor)
 
     def __enter__(self) -> MailServer:
         return self.start()
