@@ -224,9 +224,9 @@ def test_a_mebibyte_without_line_end_is_answered_and_cut_off(mx):
                 except (BrokenPipeError, ConnectionResetError):
                     break
         sock.setblocking(True)
-        # The server answers once a line passes its hard limit (a few KiB); what we could
-        # send before the reply is that plus the kernel's socket buffers, never the whole MiB.
-        assert sent < len(payload) // 2, f"{sent} octets sent before the server answered"
+        # The server answers once a line passes its hard limit (a few KiB) and closes; how much
+        # we could send before that depends on the kernel's socket buffers and the machine's
+        # load, so only the answer and the close are asserted (memory: see the test below).
         assert reader.readline() == b"500 5.5.2 Line too long\r\n"
         try:
             assert reader.read() == b""
