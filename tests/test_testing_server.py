@@ -154,7 +154,7 @@ def test_bad_fault_and_bad_input_are_refused(srv):
     with pytest.raises(ValueError, match="needs a reply"):
         srv.fault("smtp", "mail")
     with pytest.raises(ValueError, match="unknown fault step"):
-        srv.fault("imap", "login", reply="NO")
+        srv.fault("imap", "select", reply="NO")
     with pytest.raises(ValueError):
         srv.add_user("no-at-sign", "pw")
     with pytest.raises(ValueError):

@@ -19,7 +19,9 @@ writers) and extends or replaces where it falls short:
 - SELECT reports UIDNEXT, PERMANENTFLAGS (with ``\\*``) and UNSEEN; changes made elsewhere are
   reported as EXPUNGE/EXISTS/FETCH just before a tagged reply where RFC 3501 7.4.1 allows (never
   EXPUNGE while answering FETCH, STORE or SEARCH, with or without UID), or at once in IDLE (the
-  session is the mailbox's ``ISessionListener``).
+  session is the mailbox's ``ISessionListener``);
+- fault injection for tests (``mailgw.testing``): at LOGIN/AUTHENTICATE and at each command,
+  when ``context.faults`` is set (None in production: one attribute test).
 
 FETCH lives in ``fetch.py``, the folder commands in ``folders.py``, and COPY/MOVE/SEARCH/STORE/
 EXPUNGE/UID/IDLE/ID/NAMESPACE/LIST/LSUB/SUBSCRIBE in ``commands.py`` (mixins of this class).
@@ -30,6 +32,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
+from functools import partial
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
@@ -147,9 +151,7 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
         if b"LOGINDISABLED" in self.capabilities():
             self.sendNegativeResponse(tag, b"[PRIVACYREQUIRED] Use STARTTLS before LOGIN")
             return
-        self.authenticateLogin(user, passwd).addCallbacks(
-            self._logged_in, self._login_failed, (tag, user), None, (tag,)
-        )
+        self._login(tag, user, passwd)
 
     unauth_LOGIN = (do_LOGIN, _Server.arg_astring, _Server.arg_finalastring)
 
@@ -204,6 +206,18 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
         if authzid and authzid != user:
             self.sendNegativeResponse(tag, b"[AUTHORIZATIONFAILED] Cannot act as another user")
             return
+        self._login(tag, user, password)
+
+    def _login(self, tag: bytes, user: bytes, password: bytes) -> None:
+        if self.context.faults is not None:
+            subject = user.decode("utf-8", "replace")
+            if self._faulted(
+                "login", subject, tag, partial(self._check_login, tag, user, password)
+            ):
+                return
+        self._check_login(tag, user, password)
+
+    def _check_login(self, tag: bytes, user: bytes, password: bytes) -> None:
         self.authenticateLogin(user, password).addCallbacks(
             self._logged_in, self._login_failed, (tag, user), None, (tag,)
         )
@@ -315,6 +329,13 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
         """Remember which command runs, then let Twisted dispatch it."""
         self._command = (cmd.upper(), bool(uid))
         self._searched = False
+        if self.context.faults is not None and uid is None:
+            name = cmd.upper()
+            if name == b"UID" and rest:  # the subject is "UID FETCH", not just "UID"
+                name += b" " + rest.split(None, 1)[0].upper()
+            run = partial(self._run_command, tag, cmd, rest)
+            if self._faulted("command", name.decode("ascii", "replace"), tag, run):
+                return None
         return _Server.dispatchCommand(self, tag, cmd, rest, uid)
 
     def lookupCommand(self, cmd):
@@ -378,6 +399,45 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
     def _read_on(self) -> None:
         if self.paused and not self._held and not self.transport.disconnecting:
             self.resumeProducing()
+
+    # -- fault injection (mailgw.testing; context.faults is None in production) -------------
+
+    def _faulted(self, step: str, subject: str, tag: bytes, proceed: Callable[[], object]) -> bool:
+        """If a test injected a fault at ``step`` for ``subject``, carry it out (answering
+        ``tag``) and return True; ``proceed()`` is what runs if the fault only adds latency.
+        Reading waits meanwhile, as for any command whose tagged reply is not sent yet."""
+        fault = self.context.faults.take("imap", step, subject)
+        if fault is None:
+            return False
+        from mailgw.testing.faults import outcome
+
+        run = partial(outcome, fault, partial(self._fault_reply, tag), self._fault_hang_up, proceed)
+        if fault.delay > 0:
+            reactor.callLater(fault.delay, self._fault_delay_over, run)
+        else:
+            run()
+        return True
+
+    def _fault_delay_over(self, run: Callable[[], object]) -> None:
+        if self.transport.connected and not self.transport.disconnecting:
+            run()
+
+    def _fault_reply(self, tag: bytes, text: str) -> None:
+        state, _, message = text.encode("utf-8").partition(b" ")
+        self._respond(state, tag, message)
+
+    def _fault_hang_up(self) -> None:
+        self.tracked.closing("injected fault")
+        self.transport.loseConnection()
+
+    def _run_command(self, tag: bytes, cmd: bytes, rest: bytes | None) -> None:
+        """Run a command after an injected delay, answering its errors as parse_command does."""
+        try:
+            _Server.dispatchCommand(self, tag, cmd, rest)
+        except imap4.IllegalClientResponse as error:
+            self.sendBadResponse(tag, b"Illegal syntax: " + str(error).encode("utf-8"))
+        except (imap4.IllegalOperation, imap4.IllegalMailboxEncoding) as error:
+            self.sendNegativeResponse(tag, b"Illegal operation: " + str(error).encode("utf-8"))
 
     # -- selection ------------------------------------------------------------------------
 

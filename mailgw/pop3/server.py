@@ -29,16 +29,19 @@ Replaces, and why:
 - APOP is not offered: it proves knowledge of the plaintext password, which the server would
   have to keep, while the user database holds only password hashes; and its MD5 digest is no
   protection today.  Passwords are protected by TLS instead.
+- fault injection for tests (``mailgw.testing``): at login and at each command, when
+  ``ctx.faults`` is set (None in production: one attribute test).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from functools import partial
 from typing import BinaryIO
 
 from twisted.cred.error import LoginFailed
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.interfaces import IAddress, ISSLTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -184,6 +187,9 @@ class POP3Session(POP3):
         if handler is None:
             self._client_error(f"{command.name} is not valid in this state")
             return
+        if self.ctx.faults is not None:
+            if self._faulted("command", command.name, partial(handler, self, command)):
+                return
         handler(self, command)
 
     def _client_error(self, text: str) -> None:
@@ -240,6 +246,46 @@ class POP3Session(POP3):
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
+
+    # -- fault injection (mailgw.testing; ctx.faults is None in production) --------------------
+
+    def _faulted(self, step: str, subject: str, proceed: Callable[[], object]) -> bool:
+        """If a test injected a fault at ``step`` for ``subject``, carry it out and return True;
+        ``proceed()`` is what runs if the fault only adds latency."""
+        fault = self.ctx.faults.take("pop3", step, subject)
+        if fault is None:
+            return False
+        from mailgw.testing.faults import outcome
+
+        run = partial(outcome, fault, self._fault_reply, self._fault_hang_up, proceed)
+        if fault.delay <= 0:
+            run()
+            return True
+        # Hold later commands, the idle timer and reading, as a long operation does, but
+        # run the delayed command before the held ones.
+        self.setTimeout(None)
+        self.blocked = []
+        self._pause_reading()
+        reactor.callLater(fault.delay, self._fault_delay_over, run)
+        return True
+
+    def _fault_delay_over(self, run: Callable[[], object]) -> None:
+        queue, self.blocked = self.blocked or [], None
+        if self._lost:
+            return
+        run()
+        if self.blocked is not None:  # the command started a long operation: queue after it
+            self.blocked.extend(queue)
+            return
+        self.blocked = queue
+        self._finish_operation(None)
+
+    def _fault_reply(self, text: str) -> None:
+        self.sendLine(text.encode("utf-8"))
+
+    def _fault_hang_up(self) -> None:
+        self.tracked.closing("injected fault")
+        self.transport.loseConnection()
 
     # -- AUTHORIZATION -------------------------------------------------------------------------
 
@@ -334,6 +380,12 @@ class POP3Session(POP3):
 
     def _login(self, user: str, password: bytes) -> None:
         """Check the credentials through the portal, then lock and open the maildrop."""
+        if self.ctx.faults is not None:
+            if self._faulted("login", user, partial(self._check_login, user, password)):
+                return
+        self._check_login(user, password)
+
+    def _check_login(self, user: str, password: bytes) -> None:
         creds = ClientCredentials(user, password, self.transport.getPeer().host)
         d = self.ctx.portal.login(creds, None, IMailbox)
         d.addCallback(self._logged_in, user)

@@ -1,11 +1,16 @@
 """Fault injection: the table of faults the protocols consult at each step, and how one acts.
 
 A ``Fault`` says: at this protocol's step (``smtp``: ``connect``, ``mail``, ``rcpt``, ``data``;
-POP3 and IMAP steps are not wired in yet and are refused), for the next ``times`` occurrences
-(None: until cleared) whose subject matches ``match``, wait ``delay`` seconds, then either
-close the connection (``drop``), send ``reply`` instead of the normal answer, or, with
-neither, carry on normally (pure latency).  The subject is the MAIL/RCPT argument (with the
-address) for ``mail``/``rcpt`` and ``data``, and the client's IP for ``connect``.
+``pop3`` and ``imap``: ``login``, ``command``), for the next ``times`` occurrences (None: until
+cleared) whose subject matches ``match``, wait ``delay`` seconds, then either close the
+connection (``drop``), send ``reply`` instead of the normal answer, or, with neither, carry on
+normally (pure latency).  The subject is the MAIL/RCPT argument (with the address) for
+``mail``/``rcpt`` and ``data``, the client's IP for ``connect``, the user name for ``login``,
+and the command name, upper-cased (``RETR``, ``FETCH``, ``UID FETCH``), for ``command``.
+
+Replies: SMTP's is the whole reply line (``451 4.3.0 later``), POP3's too (``-ERR ...``); IMAP's
+is the tagged reply after the tag (``NO ...``, ``BAD ...``, or ``OK ...``).  A POP3 or IMAP fault
+with no reply, no drop and no delay answers ``DEFAULT_REPLIES``.
 
 The table lives in ``ServerContext.faults`` (None in production, where no step costs more than one
 attribute test) and is shared by the test thread that adds faults and the reactor thread that
@@ -17,14 +22,28 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-#: The steps each protocol can fail at (POP3 and IMAP hooks are not wired in yet).
+#: The steps each protocol can fail at.
 STEPS = {
     "smtp": ("connect", "mail", "rcpt", "data"),
+    "pop3": ("login", "command"),
+    "imap": ("login", "command"),
 }
+
+#: The reply of a POP3 or IMAP fault given neither reply, drop nor delay, by (protocol, step).
+DEFAULT_REPLIES = {
+    ("pop3", "login"): "-ERR [SYS/TEMP] injected failure",
+    ("pop3", "command"): "-ERR [SYS/TEMP] injected failure",
+    ("imap", "login"): "NO [AUTHENTICATIONFAILED] injected failure",
+    ("imap", "command"): "NO [UNAVAILABLE] injected failure",
+}
+
+#: How a reply must begin, for the protocols whose replies the fault sends as they are.
+_REPLY_STARTS = {"pop3": ("+OK", "-ERR"), "imap": ("OK", "NO", "BAD")}
 
 
 @dataclass(eq=False)
@@ -47,7 +66,15 @@ class Fault:
             known = ", ".join(f"{p}: {'/'.join(s)}" for p, s in STEPS.items())
             raise ValueError(f"unknown fault step {self.protocol!r} {self.step!r} ({known})")
         if self.reply is None and not self.drop and self.delay <= 0:
-            raise ValueError("a fault needs a reply, drop=True or a delay")
+            self.reply = DEFAULT_REPLIES.get((self.protocol, self.step))
+            if self.reply is None:
+                raise ValueError("a fault needs a reply, drop=True or a delay")
+        starts = _REPLY_STARTS.get(self.protocol)
+        if starts and self.reply is not None:
+            if self.reply.split(" ", 1)[0] not in starts:
+                raise ValueError(f"a {self.protocol} fault reply starts with {' or '.join(starts)}")
+            if "\r" in self.reply or "\n" in self.reply:
+                raise ValueError(f"a {self.protocol} fault reply is one line")
         if self.times is not None and self.times < 1:
             raise ValueError("times must be at least 1 (or None: until cleared)")
         if self.delay < 0:
@@ -111,18 +138,24 @@ def act(
     Return a Deferred when there is a delay (firing with what ``proceed`` returned, if it ran),
     else None: the session waits for it before reading further commands."""
 
-    def go() -> object:
-        if fault.drop:
-            hang_up()
-            return None
-        if fault.reply is not None:
-            send(fault.reply)
-            return None
-        return proceed()
-
+    go = partial(outcome, fault, send, hang_up, proceed)
     if fault.delay > 0:
         if clock is None:
             from twisted.internet import reactor as clock
         return deferLater(clock, fault.delay, go)
     result = go()
     return result if isinstance(result, Deferred) else None
+
+
+def outcome(
+    fault: Fault, send: Callable[[str], None], hang_up: Callable[[], None], proceed: Callable
+) -> object:
+    """What ``fault`` does once its delay is over: ``hang_up()``, ``send(reply)``, or else
+    return ``proceed()``."""
+    if fault.drop:
+        hang_up()
+        return None
+    if fault.reply is not None:
+        send(fault.reply)
+        return None
+    return proceed()
