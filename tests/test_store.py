@@ -369,3 +369,32 @@ def test_unchanged_folder_hands_out_the_same_listing(store):
     assert second is not first and second[0].flags == {"\\Seen"}
     folder.append(b"Subject: two\r\n\r\n2\r\n")
     assert len(folder.messages()) == 2
+
+
+def test_fresh_listing_without_waiting_or_scanning(store):
+    """open_folder/messages_if_fresh answer only when no scan and no wait is needed."""
+    assert store.open_folder(USER) is None  # not open yet: the caller must use folder()
+    folder = store.folder(USER)
+    folder.append(b"Subject: one\r\n\r\n1\r\n")
+    assert store.open_folder(USER) is folder
+    assert folder.messages_if_fresh() is folder.messages()
+    (store.user_dir(USER) / "new" / "1.dropped.by.hand").write_bytes(b"Subject: x\r\n\r\nx\r\n")
+    assert folder.messages_if_fresh() is None  # new/ changed on disk: a scan is needed
+    assert len(folder.messages()) == 2
+    assert folder.messages_if_fresh() is folder.messages()
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # another thread busy in the folder (e.g. a delivery's fsync)
+        with folder._lock:
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        assert folder.messages_if_fresh() is None  # answered at once, without waiting
+    finally:
+        release.set()
+        holder.join()
+    assert folder.messages_if_fresh() is folder.messages()

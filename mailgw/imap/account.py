@@ -10,7 +10,7 @@ at their first login.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
 from twisted.mail import imap4
 from zope.interface import implementer
@@ -160,6 +160,11 @@ class MailAccount:
             failure.trap(NoSuchMailbox, imap4.MailboxException)
             return None
 
+        # A folder already open and unchanged on disk is selected without a thread hop.
+        folder = store.open_folder(address, folder_name(name))
+        infos = folder.messages_if_fresh() if folder is not None else None
+        if infos is not None:
+            return succeed(opened((folder, folder_snapshot(folder, infos))))
         return self._run(work).addCallbacks(opened, missing)
 
     def create(self, pathspec: str) -> Deferred:

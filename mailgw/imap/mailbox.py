@@ -68,10 +68,12 @@ RECENT_CLAIMS = RecentClaims()
 _SNAPSHOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def folder_snapshot(folder) -> Snapshot:
-    """The folder's listing as a Snapshot (blocking: call in a thread); the previous one is
-    reused if the folder did not change since (the store then hands out the same listing)."""
-    infos = folder.messages()
+def folder_snapshot(folder, infos: tuple | None = None) -> Snapshot:
+    """The folder's listing (``infos``, else ``folder.messages()``: blocking, call in a thread)
+    as a Snapshot; the previous one is reused if the folder did not change since (the store
+    then hands out the same listing)."""
+    if infos is None:
+        infos = folder.messages()
     previous = _SNAPSHOTS.get(folder)
     if previous is not None and previous.infos is infos:
         return previous

@@ -178,6 +178,24 @@ class MaildirFolder:
                 self._listing = tuple(self._ordered().values())
             return self._listing
 
+    def messages_if_fresh(self) -> tuple | None:
+        """``messages()`` if that needs no wait and no directory scan, else None.
+
+        Costs two stat calls when it answers: nothing else holds the folder and nothing changed
+        on disk since the store last looked.  For callers that must not block."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._gone or self._dir_stamps() != self._stamps:
+                return None
+            if self._listing is None:
+                self._listing = tuple(self._ordered().values())
+            return self._listing
+        except StoreError:
+            return None
+        finally:
+            self._lock.release()
+
     def get(self, uid: int) -> MessageInfo:
         """Return the MessageInfo for ``uid``; raise NoSuchMessage."""
         with self._lock:

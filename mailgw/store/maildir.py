@@ -115,6 +115,14 @@ class MaildirStore:
             self._folders[(address, name)] = folder
             return folder
 
+    def open_folder(self, address: str, name: str = "INBOX") -> MaildirFolder | None:
+        """The folder if this store has it open already, else None; never waits or scans, so
+        it may be called where blocking is not allowed (then use ``folder()`` in a thread)."""
+        try:
+            return self._folders.get((canonical_address(address), canonical_folder(name)))
+        except StoreError:
+            return None
+
     def list_folders(self, address: str) -> list:
         """Return the names of the user's folders, 'INBOX' first, the others sorted."""
         address = canonical_address(address)
