@@ -20,7 +20,6 @@ USER = "reader@example.test"
 @pytest.fixture(scope="module")
 def shared():
     """One server for the module: a user with one message, faults cleared before each test."""
-    in_reactor(lambda: None)  # the suite's reactor thread runs first; MailServer uses it
     with MailServer(services=("smtp", "pop3", "imap")) as server:
         server.add_user(USER, "pw")
         yield server

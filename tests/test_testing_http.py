@@ -24,7 +24,6 @@ from tests.conftest import in_reactor
 @pytest.fixture
 def served():
     """A started MailServer (SMTP only) and its HttpApi; both stopped afterwards."""
-    in_reactor(lambda: None)  # the suite's reactor thread (conftest), which MailServer reuses
     server = MailServer(services=("smtp",)).start()
     api = HttpApi(server, reactor)
     in_reactor(api.start)

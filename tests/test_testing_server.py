@@ -27,7 +27,6 @@ def _message(subject: str, to: str = "bob@example.test") -> EmailMessage:
 @pytest.fixture(scope="module")
 def shared():
     """One capture server for the tests that only send and read (cleared before each)."""
-    in_reactor(lambda: None)  # the suite's reactor thread runs first; MailServer uses it
     with MailServer() as server:
         yield server
 
@@ -180,7 +179,6 @@ def test_not_catch_all_and_auth_required():
 
 
 def test_stop_leaves_no_port_thread_or_directory_behind():
-    in_reactor(lambda: None)
     before = {t.ident for t in threading.enumerate()}
     server = MailServer().start()
     ports = [port for key, port in server.endpoints().items() if key not in ("host", "cafile")]

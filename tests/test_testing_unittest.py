@@ -6,7 +6,6 @@ import smtplib
 import unittest
 
 from mailgw.testing import MailServer
-from tests.conftest import in_reactor
 
 
 class SignupMailTest(unittest.TestCase):
@@ -14,7 +13,6 @@ class SignupMailTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        in_reactor(lambda: None)  # under this suite the reactor already runs in a thread
         cls.mail = MailServer().start()
 
     @classmethod
