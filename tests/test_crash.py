@@ -21,12 +21,20 @@ CLIENTS = 3
 
 def _message(tag: str) -> bytes:
     """A message whose body proves it is whole: a payload and its digest on the last line."""
-    payload = b"".join(hashlib.sha256(f"{tag}/{i}".encode()).hexdigest().encode() + b"\r\n"
-                       for i in range(400))
+    payload = b"".join(
+        hashlib.sha256(f"{tag}/{i}".encode()).hexdigest().encode() + b"\r\n" for i in range(400)
+    )
     digest = hashlib.sha256(payload).hexdigest().encode()
     return (
-        b"From: load@elsewhere.test\r\nTo: " + ALICE.encode() + b"\r\nSubject: " + tag.encode()
-        + b"\r\n\r\n" + payload + b"digest " + digest + b"\r\n"
+        b"From: load@elsewhere.test\r\nTo: "
+        + ALICE.encode()
+        + b"\r\nSubject: "
+        + tag.encode()
+        + b"\r\n\r\n"
+        + payload
+        + b"digest "
+        + digest
+        + b"\r\n"
     )
 
 

@@ -29,8 +29,6 @@ EXPUNGE/UID/IDLE/ID/NAMESPACE/LIST/LSUB/SUBSCRIBE in ``commands.py`` (mixins of 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable
 from functools import partial
@@ -44,7 +42,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
-from mailgw.auth import ClientCredentials
+from mailgw.auth import ClientCredentials, sasl
 from mailgw.context import ServerContext
 from mailgw.imap.commands import SelectedCommands
 from mailgw.imap.fetch import FetchCommands
@@ -190,23 +188,16 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
         self._sasl_response(tag, line.strip())
 
     def _sasl_response(self, tag, data: bytes) -> None:
-        if data == b"*":
-            self.sendBadResponse(tag, b"AUTHENTICATE cancelled")
-            return
         try:
-            decoded = base64.b64decode(b"" if data == b"=" else data, validate=True)
-        except binascii.Error:
-            self.sendBadResponse(tag, b"Invalid base64")
-            return
-        parts = decoded.split(b"\0")
-        if len(parts) != 3 or not parts[1]:
-            self.sendBadResponse(tag, b"Invalid PLAIN response")
-            return
-        authzid, user, password = parts
-        if authzid and authzid != user:
+            user, password = sasl.plain_credentials(sasl.decode_response(data))
+        except sasl.Cancelled:
+            self.sendBadResponse(tag, b"AUTHENTICATE cancelled")
+        except sasl.ForeignIdentity:
             self.sendNegativeResponse(tag, b"[AUTHORIZATIONFAILED] Cannot act as another user")
-            return
-        self._login(tag, user, password)
+        except sasl.SaslError as error:
+            self.sendBadResponse(tag, str(error).encode("ascii"))
+        else:
+            self._login(tag, user.encode("utf-8"), password)
 
     def _login(self, tag: bytes, user: bytes, password: bytes) -> None:
         if self.context.faults is not None:

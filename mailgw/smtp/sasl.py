@@ -8,27 +8,19 @@ database holds password hashes, not the shared secrets CRAM-MD5 needs.
 
 from __future__ import annotations
 
-import base64
-import binascii
-
+from mailgw.auth import sasl
+from mailgw.auth.sasl import Cancelled
 from mailgw.smtp import replies
 from mailgw.smtp.parsing import CommandError
 
-
-class Cancelled(Exception):
-    """The client answered a challenge with ``*`` (RFC 4954 section 4)."""
+__all__ = ["MECHANISMS", "Cancelled", "decode_response"]
 
 
 def decode_response(line: bytes) -> bytes:
     """Decode one client response: base64, ``=`` for empty; raise Cancelled or CommandError."""
-    line = line.strip()
-    if line == b"*":
-        raise Cancelled()
-    if line == b"=":
-        return b""
     try:
-        return base64.b64decode(line, validate=True)
-    except (binascii.Error, ValueError):
+        return sasl.decode_response(line)
+    except sasl.SaslError:
         raise CommandError(replies.BAD_BASE64) from None
 
 
@@ -52,14 +44,12 @@ class Plain(Exchange):
 
     def respond(self, data: bytes) -> None:
         """Split the message; a foreign authorization identity is refused."""
-        parts = data.split(b"\0")
-        if len(parts) != 3 or not parts[1]:
-            raise CommandError(replies.SYNTAX.with_text("Malformed PLAIN response"))
-        authzid, authcid, password = parts
-        if authzid and authzid != authcid:
-            raise CommandError(replies.AUTH_FAILED)
-        self.username = _text(authcid)
-        self.password = password
+        try:
+            self.username, self.password = sasl.plain_credentials(data)
+        except sasl.ForeignIdentity:
+            raise CommandError(replies.AUTH_FAILED) from None
+        except sasl.SaslError as error:
+            raise CommandError(replies.SYNTAX.with_text(str(error))) from None
         self.done = True
 
 
@@ -88,9 +78,6 @@ MECHANISMS = {b"PLAIN": Plain, b"LOGIN": Login}
 def _text(data: bytes) -> str:
     """A username as text; refuse bytes that are not UTF-8 or hold control characters."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CommandError(replies.SYNTAX.with_text("Username is not UTF-8")) from None
-    if any(ord(char) < 32 or ord(char) == 127 for char in text):
-        raise CommandError(replies.SYNTAX.with_text("Bad username"))
-    return text
+        return sasl.username_text(data)
+    except sasl.SaslError as error:
+        raise CommandError(replies.SYNTAX.with_text(str(error))) from None
