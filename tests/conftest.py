@@ -88,6 +88,24 @@ class LiveServer:
         self._ports.clear()
 
 
+def stored(server: LiveServer, address: str) -> list[bytes]:
+    """Every message in the user's INBOX, as stored."""
+    inbox = server.store.folder(address)
+    out = []
+    for info in inbox.messages():
+        with inbox.open_message(info.uid) as handle:
+            out.append(handle.read())
+    return out
+
+
+def without_trace(message: bytes) -> bytes:
+    """The message without the Return-Path and (folded) Received lines mailgw put on top."""
+    assert message.startswith(b"Return-Path: <")
+    while message.startswith((b"Return-Path:", b"Received:", b"\t")):
+        message = message.split(b"\r\n", 1)[1]
+    return message
+
+
 @pytest.fixture
 def server(tmp_path: Path):
     """A LiveServer with plaintext login allowed and no login delay."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import argon2
 import conftest
 import pytest
-from conftest import LiveServer, make_config
+from conftest import LiveServer, make_config, stored, without_trace
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -62,24 +62,6 @@ def login(port: int, user: str) -> poplib.POP3:
             if b"[IN-USE]" not in error.args[0] or time.monotonic() > deadline:
                 raise
         time.sleep(0.05)
-
-
-def stored(server: LiveServer, address: str) -> list[bytes]:
-    """Every message in the user's INBOX, as stored."""
-    inbox = server.store.folder(address)
-    out = []
-    for info in inbox.messages():
-        with inbox.open_message(info.uid) as handle:
-            out.append(handle.read())
-    return out
-
-
-def without_trace(message: bytes) -> bytes:
-    """The message without the Return-Path and (folded) Received lines mailgw put on top."""
-    assert message.startswith(b"Return-Path: <")
-    while message.startswith((b"Return-Path:", b"Received:", b"\t")):
-        message = message.split(b"\r\n", 1)[1]
-    return message
 
 
 def retrieve(box: poplib.POP3, number: int) -> bytes:

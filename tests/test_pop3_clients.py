@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LiveServer, make_config
+from conftest import LiveServer, make_config, stored
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailgw.pop3 import make_factory
@@ -68,16 +68,6 @@ def pop(tmp_path: Path) -> Iterator[LiveServer]:
     srv.cert = generated_paths(srv.config)[0]
     yield srv
     srv.close()
-
-
-def stored(server: LiveServer) -> list[bytes]:
-    """alice's messages as the store holds them."""
-    inbox = server.store.folder(ALICE)
-    out = []
-    for info in inbox.messages():
-        with inbox.open_message(info.uid) as handle:
-            out.append(handle.read())
-    return out
 
 
 def as_delivered(message: bytes) -> bytes:
@@ -164,7 +154,7 @@ def test_fetchmail_keep_fetches_each_message_once_by_uidl(pop, tmp_path, implici
     first = fetchmail.run()
     assert first.returncode == 0, output(first)
     assert_same_messages(fetchmail.fetched(), MESSAGES)
-    assert len(stored(pop)) == len(MESSAGES)
+    assert len(stored(pop, ALICE)) == len(MESSAGES)
 
     second = fetchmail.run()
     assert second.returncode == 1, output(second)
@@ -185,7 +175,7 @@ def test_fetchmail_without_keep_empties_the_maildrop(pop, tmp_path, implicit_tls
     first = fetchmail.run()
     assert first.returncode == 0, output(first)
     assert_same_messages(fetchmail.fetched(), MESSAGES)
-    assert stored(pop) == []
+    assert stored(pop, ALICE) == []
     inbox = pop.config.mail_dir / "example.test" / "alice"
     assert [p for sub in ("new", "cur") for p in (inbox / sub).iterdir()] == []
 
@@ -268,7 +258,7 @@ def test_getmail_over_pop3s_fetches_each_message_once(pop, tmp_path, maildir, de
     assert f"{len(MESSAGES)} messages" in output(first)
     assert_same_messages(getmail.fetched(), MESSAGES)
     assert all(b"with POP3-SSL" in path.read_bytes() for path in getmail.fetched())
-    assert len(stored(pop)) == (0 if delete else len(MESSAGES))
+    assert len(stored(pop, ALICE)) == (0 if delete else len(MESSAGES))
 
     second = getmail.run()
     assert second.returncode == 0, output(second)
@@ -281,7 +271,7 @@ def test_getmail_refuses_a_certificate_for_another_host(pop, tmp_path, maildir):
     result = getmail.run()
     assert result.returncode != 0, output(result)
     assert getmail.fetched() == []
-    assert len(stored(pop)) == len(MESSAGES)
+    assert len(stored(pop, ALICE)) == len(MESSAGES)
 
 
 def test_getmail_without_tls_cannot_send_its_password(pop, tmp_path, maildir):
@@ -291,4 +281,4 @@ def test_getmail_without_tls_cannot_send_its_password(pop, tmp_path, maildir):
     assert result.returncode != 0, output(result)
     assert "[AUTH] Plaintext authentication disallowed" in output(result)
     assert getmail.fetched() == []
-    assert len(stored(pop)) == len(MESSAGES)
+    assert len(stored(pop, ALICE)) == len(MESSAGES)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import conftest
 import pytest
-from conftest import LiveServer
+from conftest import LiveServer, stored, without_trace
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -42,24 +42,6 @@ def mx(server: LiveServer) -> LiveServer:
     server.add_user(BOB)
     server.port = server.listen(make_factory)
     return server
-
-
-def stored(server: LiveServer, address: str) -> list[bytes]:
-    """Every message in the user's INBOX, as stored."""
-    inbox = server.store.folder(address)
-    out = []
-    for info in inbox.messages():
-        with inbox.open_message(info.uid) as handle:
-            out.append(handle.read())
-    return out
-
-
-def without_trace(message: bytes) -> bytes:
-    """The message without the Return-Path and (folded) Received lines mailgw put on top."""
-    assert message.startswith(b"Return-Path: <")
-    while message.startswith((b"Return-Path:", b"Received:", b"\t")):
-        message = message.split(b"\r\n", 1)[1]
-    return message
 
 
 def as_received(data: bytes) -> bytes:

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import LiveServer, make_config
+from conftest import LiveServer, make_config, stored, without_trace
 
 from mailgw.smtp import make_factory
 from mailgw.tls import generated_paths
@@ -56,24 +56,6 @@ def tls_server(tmp_path: Path):
     srv.submission_port = srv.listen(make_factory, submission=True)
     yield srv
     srv.close()
-
-
-def stored(server: LiveServer, address: str) -> list[bytes]:
-    """Every message in the user's INBOX, as stored."""
-    inbox = server.store.folder(address)
-    out = []
-    for info in inbox.messages():
-        with inbox.open_message(info.uid) as handle:
-            out.append(handle.read())
-    return out
-
-
-def without_trace(message: bytes) -> bytes:
-    """The message without the Return-Path and (folded) Received lines mailgw put on top."""
-    assert message.startswith(b"Return-Path: <")
-    while message.startswith((b"Return-Path:", b"Received:", b"\t")):
-        message = message.split(b"\r\n", 1)[1]
-    return message
 
 
 def swaks(port: int, tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
