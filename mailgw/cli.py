@@ -7,6 +7,9 @@
     mailgw [--config FILE] user del ADDRESS
     mailgw [--config FILE] user list
     mailgw [--config FILE] check-config
+    mailgw [--config FILE] queue list
+    mailgw [--config FILE] queue flush
+    mailgw [--config FILE] queue delete ID
     mailgw testserver [--json] [--no-catch-all] [--auth-required] [--no-plaintext]
                       [--domain DOMAIN ...] [--user ADDRESS:PASSWORD ...]
 
@@ -20,8 +23,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -40,6 +45,7 @@ from mailgw.auth import (
     UserExists,
 )
 from mailgw.config import SERVICES, Config, ConfigError, default_config, load_config
+from mailgw.relay.queue import NoSuchEntry, OutboundQueue, QueueError
 
 PROG = "mailgw"
 
@@ -104,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the configuration and summarise it",
         description="validate the configuration and summarise it",
     )
+    queue = commands.add_parser(
+        "queue",
+        help="list, retry or delete the outbound messages",
+        description="list, retry or delete the messages waiting for delivery to other servers",
+    )
+    queue_actions = queue.add_subparsers(dest="action", metavar="ACTION", required=True)
+    queue_actions.add_parser("list", help="list the queued messages", description="list them")
+    text = "make every queued message due now (a running server retries it at its next scan)"
+    queue_actions.add_parser("flush", help="retry every queued message now", description=text)
+    text = "remove a queued message without delivering it or bouncing it"
+    delete = queue_actions.add_parser("delete", help=text, description=text)
+    delete.add_argument("id", metavar="ID", help="the queue id, as 'queue list' shows it")
     _add_testserver_parser(commands)
     return parser
 
@@ -265,6 +283,73 @@ def _check_config(config: Config) -> None:
         print(f"  tls: {config.tls_certificate}")
     if config.allow_plaintext:
         print("  allow_plaintext: yes (passwords may travel without TLS)")
+    relay = config.relay
+    if relay.smarthost is not None:
+        host, port = relay.smarthost
+        auth = f", AUTH as {relay.smarthost_user}" if relay.smarthost_user else ""
+        print(f"  relay: smarthost {host}:{port} (TLS {relay.smarthost_tls}{auth})")
+    else:
+        print("  relay: directly to each recipient domain's MX hosts")
+
+
+def _queue_command(args: argparse.Namespace, config: Config) -> None:
+    """Carry out ``mailgw queue ...`` on the queue in the data directory."""
+    if not config.queue_dir.is_dir():
+        if args.action == "delete":
+            raise CommandError(f"{args.id}: no such queued message")
+        print(f"the queue is empty ({config.queue_dir} does not exist)")
+        return
+    queue = OutboundQueue(config.queue_dir)
+    if args.action == "delete":
+        try:
+            entry = queue.get(args.id)
+            queue.delete(args.id)
+        except NoSuchEntry:
+            raise CommandError(f"{args.id}: no such queued message") from None
+        print(f"deleted {entry.id} (from <{entry.sender}> to {', '.join(entry.recipients)})")
+    elif args.action == "flush":
+        count = queue.flush()
+        print(
+            f"{_messages(count)} due now; a running server retries them at its next scan "
+            "of the queue"
+        )
+    else:
+        _list_queue(queue)
+
+
+def _list_queue(queue: OutboundQueue) -> None:
+    """Print each queued message: id, size, age, attempts, next attempt, envelope, errors."""
+    entries = queue.entries()
+    for entry in entries:
+        try:
+            with queue.open_message(entry.id) as message:
+                size = os.fstat(message.fileno()).st_size
+        except NoSuchEntry:
+            continue  # delivered while we listed
+        print(
+            f"{entry.id}  {size} octets  queued {_when(entry.created)}  "
+            f"attempts {entry.attempts}  next {_when(entry.next_attempt)}"
+        )
+        print(f"  from <{entry.sender}>")
+        for recipient in entry.recipients:
+            error = _printable(entry.errors.get(recipient, ""))
+            print(f"  to   <{recipient}>" + (f"  last error: {error}" if error else ""))
+    print(f"{_messages(len(entries))} in the queue" if entries else "the queue is empty")
+
+
+def _printable(text: str) -> str:
+    """``text`` (a remote server's reply) with control characters shown as spaces."""
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
+def _when(seconds: float) -> str:
+    """A time stamp in UTC, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _messages(count: int) -> str:
+    """'1 message', '2 messages'."""
+    return f"{count} message" + ("" if count == 1 else "s")
 
 
 def _describe_os_error(error: OSError) -> str:
@@ -285,9 +370,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         config = _load(args.config)
         if args.command == "check-config":
             _check_config(config)
+        elif args.command == "queue":
+            _queue_command(args, config)
         else:
             _user_command(args, config)
-    except (ConfigError, CommandError, UserDatabaseError) as error:
+    except (ConfigError, CommandError, UserDatabaseError, QueueError) as error:
         _fail(str(error))
     except OSError as error:
         _fail(_describe_os_error(error))

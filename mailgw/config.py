@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from mailgw.context import GuardSettings, Limits
+from mailgw.relay import SMARTHOST_TLS_MODES, RelaySettings
 
 #: Every listener mailgw knows, in start-up order.
 SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
@@ -92,6 +93,8 @@ class Config:
     recipient_delimiter: str = "+"
     limits: Limits = field(default_factory=Limits)
     guard: GuardSettings = field(default_factory=GuardSettings)
+    #: Outbound mail: smarthost or direct MX delivery, TLS, retries ([relay]).
+    relay: RelaySettings = field(default_factory=RelaySettings)
     #: The file this came from, for messages (None for the embedded default).
     source: Path | None = None
 
@@ -104,6 +107,11 @@ class Config:
     def tmp_dir(self) -> Path:
         """Where messages being received are written (same file system as mail_dir)."""
         return self.data_dir / "tmp"
+
+    @property
+    def queue_dir(self) -> Path:
+        """The outbound queue (``mailgw.relay.queue``): messages for other servers."""
+        return self.data_dir / "queue"
 
     @property
     def users_file(self) -> Path:
@@ -224,6 +232,7 @@ _SCHEMA = {
     "auth": ("allow_plaintext", "allow_plaintext_schemes"),
     "limits": tuple(f.name for f in fields(Limits)),
     "guard": tuple(f.name for f in fields(GuardSettings)),
+    "relay": tuple(f.name for f in fields(RelaySettings)),
 }
 
 
@@ -307,6 +316,7 @@ class _Reader:
             recipient_delimiter=self.recipient_delimiter(),
             limits=self.limits(),
             guard=self.guard(),
+            relay=self.relay(),
             source=self.path,
         )
 
@@ -479,6 +489,64 @@ class _Reader:
         if values["delay_max"] < values["delay_start"]:
             raise self.fail("guard", "delay_max", "must not be less than delay_start")
         return GuardSettings(**values)
+
+    def relay(self) -> RelaySettings:
+        """[relay]: the smarthost (host:port), its AUTH and TLS, certificate checks, retries."""
+        defaults = RelaySettings()
+        user = self.raw("relay", "smarthost_user") or None
+        password = self.raw("relay", "smarthost_password") or None
+        if (user is None) != (password is None):
+            missing = "smarthost_password" if password is None else "smarthost_user"
+            raise self.fail("relay", missing, "required when the other AUTH key is set")
+        smarthost = self.smarthost()
+        if user is not None and smarthost is None:
+            raise self.fail("relay", "smarthost_user", "needs a smarthost")
+        mode = self.raw("relay", "smarthost_tls").lower() or defaults.smarthost_tls
+        if mode not in SMARTHOST_TLS_MODES:
+            known = ", ".join(SMARTHOST_TLS_MODES)
+            raise self.fail("relay", "smarthost_tls", f"expected one of {known}, not {mode!r}")
+        if user is not None and mode == "none":
+            problem = "must not be none with smarthost_user (the password would travel in clear)"
+            raise self.fail("relay", "smarthost_tls", problem)
+        verify = defaults.verify_certificates
+        if self.raw("relay", "verify_certificates"):
+            verify = self.boolean("relay", "verify_certificates")
+        return RelaySettings(
+            smarthost=smarthost,
+            smarthost_user=user,
+            smarthost_password=password,
+            smarthost_tls=mode,
+            verify_certificates=verify,
+            max_age=self.number("relay", "max_age", defaults.max_age),
+            concurrency_per_destination=self.number(
+                "relay", "concurrency_per_destination", defaults.concurrency_per_destination
+            ),
+        )
+
+    def smarthost(self) -> tuple[str, int] | None:
+        """``host:port`` or ``[IPv6]:port`` as (host, port); None when absent."""
+        value = self.raw("relay", "smarthost")
+        if not value:
+            return None
+        host, colon, port = value.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            valid = _is_ip(host, 6)
+        else:
+            valid = _is_domain(host.lower()) or _is_ip(host, 4)
+        if not colon or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise self.fail("relay", "smarthost", f"expected host:port, not {value!r}")
+        if not valid:
+            raise self.fail("relay", "smarthost", f"{host!r} is not a host name or IP address")
+        return host, int(port)
+
+
+def _is_ip(text: str, version: int) -> bool:
+    """Is ``text`` an IP address of that version?"""
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
 
 
 def _is_domain(name: str) -> bool:

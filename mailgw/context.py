@@ -77,6 +77,9 @@ class ServerContext:
     limits: Limits = field(default_factory=Limits)
     #: Who receives mail for a local address (``mailgw.recipients.Recipients``); None: users only.
     recipients: object | None = None
+    #: The outbound queue (``mailgw.relay.queue.OutboundQueue``) that the submission services
+    #: put mail for other domains into; None: such mail is refused (554 5.7.1).
+    queue: object | None = None
     #: Testing only (``mailgw.testing``; no configuration key sets it): the fault table the
     #: protocols consult at each step.  None in production.
     faults: object | None = None

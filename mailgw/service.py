@@ -54,6 +54,8 @@ from mailgw.config import (
 )
 from mailgw.context import ServerContext
 from mailgw.recipients import AliasFile, Recipients
+from mailgw.relay.queue import OutboundQueue, QueueError
+from mailgw.relay.scheduler import RelayScheduler, make_scheduler
 from mailgw.store.interfaces import StoreError
 from mailgw.store.maildir import MaildirStore
 from mailgw.tls import load_configured_tls, load_or_create_tls
@@ -107,6 +109,7 @@ def build_context(
         allow_plaintext=config.allow_plaintext,
         limits=config.limits,
         recipients=recipients,
+        queue=OutboundQueue(config.queue_dir),
     )
 
 
@@ -229,6 +232,8 @@ class MailgwService(MultiService):
         self._bound = False
         #: The effective uid privilegedStartService ran as (twistd --uid switches after it).
         self._privileged_uid = os.geteuid()
+        #: Delivers the outbound queue; started once every listener is bound.
+        self.relay: RelayScheduler | None = None
 
     def privilegedStartService(self) -> None:
         """Read the configured [tls] files and bind every listener; nothing is written."""
@@ -263,6 +268,14 @@ class MailgwService(MultiService):
         self.ready = gatherResults(waiting, consumeErrors=True)
         self.ready.addCallback(self._all_bound, listeners)
         self.ready.addErrback(self._start_failed)
+        self.ready.addCallback(self._start_relay)
+
+    def _start_relay(self, bound: dict) -> dict:
+        """Start delivering the outbound queue."""
+        if self.relay is None:
+            self.relay = make_scheduler(self.context, self.config.relay, self.reactor)
+        self.relay.start()
+        return bound
 
     def _prepare(self) -> None:
         """Remove a stale ports file; build the context and attach the real factories (once)."""
@@ -289,7 +302,7 @@ class MailgwService(MultiService):
         except OSError as error:
             where = f": {error.filename}" if error.filename else ""
             raise StartupError(f"{error.strerror or error}{where}") from None
-        except (StoreError, UserDatabaseError) as error:
+        except (StoreError, UserDatabaseError, QueueError) as error:
             raise StartupError(str(error)) from None
 
     def _make_listeners(self) -> list[ListenerService]:
@@ -366,6 +379,8 @@ class MailgwService(MultiService):
     def stopService(self) -> Deferred:
         """Stop every listener and remove the ports file."""
         self._bound = False
+        if self.relay is not None:
+            self.relay.stop()
         stopped = super().stopService()
         try:
             _remove(self.config.ports_file)

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mailgw.config import SERVICES, ConfigError, default_config, load_config
 from mailgw.context import GuardSettings, Limits
+from mailgw.relay import RelaySettings
 from mailgw.tls import self_signed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +56,9 @@ def test_sample_file_loads_and_documents_every_key() -> None:
     for key in ["certificate", "key", "allow_plaintext", "allow_plaintext_schemes"]:
         assert f"# {key} =" in text, key
     for key in [*Limits.__dataclass_fields__, *GuardSettings.__dataclass_fields__]:
+        assert f"# {key} =" in text, key
+    assert config.relay == RelaySettings()
+    for key in RelaySettings.__dataclass_fields__:
         assert f"# {key} =" in text, key
 
 
@@ -169,6 +173,9 @@ def test_minimal_file_gets_the_defaults(tmp_path: Path, monkeypatch: pytest.Monk
     assert config.limits == Limits() and config.guard == GuardSettings()
     assert config.aliases_file is None and config.postmaster is None
     assert config.recipient_delimiter == "+"
+    assert config.relay == RelaySettings(smarthost=None, smarthost_tls="required")
+    assert config.relay.verify_certificates and config.relay.max_age == 5 * 86400
+    assert config.queue_dir == Path("/srv/mail/queue")
 
 
 def test_empty_recipient_delimiter_disables_subaddresses(tmp_path: Path) -> None:
@@ -262,6 +269,24 @@ def assert_error(path: Path, where: str, *fragments: str) -> None:
         ("postmaster = postmaster\n", "[mailgw] postmaster", "exactly one '@'"),
         ("recipient_delimiter = +@\n", "[mailgw] recipient_delimiter", "'@' cannot separate"),
         ("[limits]\nsmtp_data_timeout = 179\n", "[limits] smtp_data_timeout", "at least 180"),
+        ("[relay]\nsmarthost = relay.test\n", "[relay] smarthost", "host:port"),
+        ("[relay]\nsmarthost = relay.test:0\n", "[relay] smarthost", "host:port"),
+        ("[relay]\nsmarthost = relay.test:99999\n", "[relay] smarthost", "host:port"),
+        ("[relay]\nsmarthost = bad_host:25\n", "[relay] smarthost", "'bad_host'"),
+        ("[relay]\nsmarthost = [relay.test]:25\n", "[relay] smarthost", "not a host name"),
+        ("[relay]\nsmarthost = a.test:25\nsmarthost_user = u\n", "smarthost_password", "req"),
+        ("[relay]\nsmarthost_user = u\nsmarthost_password = p\n", "smarthost_user", "needs"),
+        ("[relay]\nsmarthost_tls = maybe\n", "[relay] smarthost_tls", "opportunistic"),
+        (
+            "[relay]\nsmarthost = a.test:25\nsmarthost_user = u\nsmarthost_password = p\n"
+            "smarthost_tls = none\n",
+            "[relay] smarthost_tls",
+            "in clear",
+        ),
+        ("[relay]\nverify_certificates = sure\n", "[relay] verify_certificates", "yes or no"),
+        ("[relay]\nmax_age = 0\n", "[relay] max_age", "positive"),
+        ("[relay]\nconcurrency_per_destination = 1.5\n", "[relay] concurrency", "whole"),
+        ("[relay]\nsmart_host = a.test:25\n", "[relay] smart_host", "unknown key"),
     ],
 )
 def test_bad_values_name_file_section_key_and_problem(
@@ -357,3 +382,26 @@ def test_bad_certificate_files(tmp_path: Path) -> None:
 def test_listener_ssl_and_empty_values(tmp_path: Path) -> None:
     path = write(tmp_path, BASE + "[listen]\nimaps = ssl:993\npop3s = ssl:995:backlog=5\nsmtp =\n")
     assert load_config(path).listen == {"imaps": "ssl:993", "pop3s": "ssl:995:backlog=5"}
+
+
+def test_relay_section(tmp_path: Path) -> None:
+    """A smarthost with AUTH and opportunistic TLS; an IPv6 smarthost; certificate checks off."""
+    text = (
+        "[relay]\nsmarthost = Relay.Example.Net:587\nsmarthost_user = gw@example.net\n"
+        "smarthost_password = s3cret\nsmarthost_tls = Opportunistic\n"
+        "verify_certificates = no\nmax_age = 3600\nconcurrency_per_destination = 2\n"
+    )
+    config = load_config(write(tmp_path, BASE + text))
+    assert config.relay == RelaySettings(
+        smarthost=("Relay.Example.Net", 587),
+        smarthost_user="gw@example.net",
+        smarthost_password="s3cret",
+        smarthost_tls="opportunistic",
+        verify_certificates=False,
+        max_age=3600.0,
+        concurrency_per_destination=2,
+    )
+    config = load_config(write(tmp_path, BASE + "[relay]\nsmarthost = [2001:db8::1]:25\n"))
+    assert config.relay.smarthost == ("2001:db8::1", 25)
+    config = load_config(write(tmp_path, BASE + "[relay]\nsmarthost = 192.0.2.7:2525\n"))
+    assert config.relay.smarthost == ("192.0.2.7", 2525)

@@ -13,6 +13,8 @@ enforces the size and line limits while streaming, and its reply comes only afte
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 
@@ -24,12 +26,21 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailgw.recipients import PostmasterUnavailable, Recipients, UnknownRecipient
+from mailgw.relay.queue import QueueError
 from mailgw.smtp import replies
 from mailgw.smtp.parsing import CommandError, Mailbox
 from mailgw.smtp.replies import Reply
 from mailgw.store.interfaces import StoreError
 
 _log = Logger()
+
+#: A submitted message's header is held until its end, or this many octets, to see whether
+#: it lacks Message-ID or Date (which are then added).
+HEADER_HOLD = 64 * 1024
+
+_HEADER_END = re.compile(rb"(?:^|\r\n)\r\n")
+_HAS_DATE = re.compile(rb"(?im)^date[ \t]*:")
+_HAS_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:")
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,8 @@ class Session:
     #: The TLS in use, as Postfix's Received: header says it (``TLSv1.3 with cipher ...``),
     #: or None on a plaintext connection.
     tls: str | None = None
+    #: May an authenticated user send to other domains (a submission service with a queue)?
+    relay: bool = False
 
 
 @implementer(IMessageDelivery)
@@ -74,8 +87,8 @@ class Delivery:
     def validateTo(self, user: Mailbox) -> tuple[str, ...]:
         """Return the users that get a copy for this recipient, or raise CommandError.
 
-        Mail goes only to the local domains (no outbound relay yet, even after AUTH), through
-        ``mailgw.recipients``; a domain-less ``postmaster`` is the first local domain's."""
+        Only for local domains, through ``mailgw.recipients`` (a domain-less ``postmaster`` is
+        the first local domain's); another domain is refused unless ``relays`` says yes."""
         recipients = self._session().recipients
         if user.domain and not recipients.is_local(user.domain):
             raise CommandError(replies.RELAY_DENIED)
@@ -85,6 +98,19 @@ class Delivery:
             raise CommandError(replies.NO_SUCH_USER) from None
         except PostmasterUnavailable:
             raise CommandError(replies.MISCONFIGURED) from None
+
+    def relays(self, user: Mailbox) -> bool:
+        """Is ``user`` a recipient in another domain that this session may send to?
+
+        Only an authenticated user of a submission service may (``Session.relay``); the MX
+        service never relays, whoever asks."""
+        session = self._session()
+        return bool(
+            self.user is not None
+            and session.relay
+            and user.domain
+            and not session.recipients.is_local(user.domain)
+        )
 
     def receivedHeader(
         self, helo: tuple, origin: Mailbox | None, recipients: list, *, transaction_id: str = ""
@@ -140,10 +166,31 @@ class MessageWriter:
     whole (``550 5.5.2``), as Postfix's ``smtpd_forbid_bare_newline`` does, so that no reading of
     its line ends can differ from another server's (SMTP smuggling).  Past the
     size or line limit, or after a store error, the data is discarded and the transaction fails
-    at the final dot with the matching reply."""
+    at the final dot with the matching reply.
 
-    def __init__(self, incoming: object, max_size: int, max_line: int, transaction_id: str):
+    ``incoming`` (the store's, for local users) and ``queue`` (the outbound queue, for other
+    domains' recipients) may each be None; the commit puts the message in both or in neither.
+    With ``complete_headers`` (submission), a ``Message-ID`` and ``Date`` are added to a
+    message that lacks them, with ``hostname`` in the Message-ID."""
+
+    def __init__(
+        self,
+        incoming: object | None,
+        max_size: int,
+        max_line: int,
+        transaction_id: str,
+        queue: object | None = None,
+        complete_headers: bool = False,
+        hostname: str = "localhost",
+    ):
         self._incoming = incoming
+        self._queue = queue
+        self._outgoing = queue.incoming() if queue is not None else None
+        self._sinks = [sink for sink in (incoming, self._outgoing) if sink is not None]
+        self._header: bytearray | None = bytearray() if complete_headers else None
+        self._hostname = hostname
+        #: The outbound queue's id for the message, once committed there.
+        self.queue_id: str | None = None
         self._max_size = max_size
         self._max_line = max_line
         self._open = True
@@ -155,9 +202,39 @@ class MessageWriter:
         #: {address: uid} once committed.
         self.delivered: dict = {}
 
-    def write_header(self, header: bytes) -> None:
-        """Prepend a header line (without CRLF) that mailgw adds; raise StoreError."""
-        self._incoming.write(header + b"\r\n")
+    def write_header(self, header: bytes, local_only: bool = False) -> None:
+        """Prepend a header line (without CRLF) that mailgw adds; raise StoreError/QueueError.
+
+        ``local_only``: for the local mailboxes only (Return-Path), not for the next hop."""
+        for sink in [self._incoming] if local_only else self._sinks:
+            if sink is not None:
+                sink.write(header + b"\r\n")
+
+    def _put(self, data: bytes) -> None:
+        """Write message data to every sink, holding the header while it may need completing."""
+        if self._header is not None:
+            start = max(len(self._header) - 3, 0)  # only the new data can end the header
+            self._header += data
+            ended = _HEADER_END.search(self._header, start)
+            if not ended and len(self._header) <= HEADER_HOLD:
+                return
+            data = self._completed_header()
+        for sink in self._sinks:
+            sink.write(data)
+
+    def _completed_header(self) -> bytes:
+        """The held data, with the Message-ID and Date it lacks in front; stop holding."""
+        held = bytes(self._header)
+        self._header = None
+        match = _HEADER_END.search(held)
+        header = held[: match.start()] if match else held
+        extra = b""
+        if not _HAS_MESSAGE_ID.search(header):
+            unique = f"{self.transaction_id}.{os.urandom(6).hex()}"
+            extra += f"Message-ID: <{unique}@{self._hostname}>\r\n".encode("ascii")
+        if not _HAS_DATE.search(header):
+            extra += f"Date: {formatdate(localtime=True)}\r\n".encode("ascii")
+        return extra + held
 
     def feed(self, line: bytes) -> bool:
         """Take one DATA line; return True once it was the end-of-data line."""
@@ -178,8 +255,8 @@ class MessageWriter:
             self._fail(replies.MESSAGE_TOO_BIG)
             return False
         try:
-            self._incoming.write(data)
-        except (StoreError, OSError):
+            self._put(data)
+        except (StoreError, QueueError, OSError):
             _log.failure("Cannot write incoming message {id}", id=self.transaction_id)
             self._fail(replies.LOCAL_ERROR)
             return False
@@ -209,47 +286,88 @@ class MessageWriter:
         if self.size + len(data) > self._max_size:
             return False
         try:
-            self._incoming.write(data)
-        except (StoreError, OSError):
+            self._put(data)
+        except (StoreError, QueueError, OSError):
             _log.failure("Cannot write incoming message {id}", id=self.transaction_id)
             self._fail(replies.LOCAL_ERROR)
             return True
         self.size += len(data)
         return True
 
-    def finish(self, sender: Mailbox | None, addresses: list[str]) -> Deferred:
-        """Commit to every address in a thread; fire with the reply to send for the DATA."""
+    def finish(
+        self, sender: Mailbox | None, addresses: list[str], remote: list[str] = ()
+    ) -> Deferred:
+        """Commit in a thread to every local address and, for the ``remote`` recipients, to
+        the outbound queue; fire with the reply to send for the DATA (250 only once both
+        are durable; if either fails, neither keeps the message)."""
+        if self.failure is None and self._header is not None:
+            try:
+                data = self._completed_header()
+                for sink in self._sinks:
+                    sink.write(data)
+            except (StoreError, QueueError, OSError):
+                _log.failure("Cannot write incoming message {id}", id=self.transaction_id)
+                self._fail(replies.LOCAL_ERROR)
         if self.failure is not None:
             return succeed(self.failure)
         self._open = False
-        committed = deferToThread(self._incoming.commit, addresses)
+        committed = deferToThread(self._commit, str(sender or ""), addresses, list(remote))
         committed.addCallbacks(
-            self._committed, self._commit_failed, callbackArgs=(sender, addresses)
+            self._committed, self._commit_failed, callbackArgs=(sender, addresses, remote)
         )
         return committed
+
+    def _commit(self, sender: str, addresses: list[str], remote: list[str]) -> dict:
+        """In a thread: queue for ``remote``, then deliver to ``addresses``; undo the first
+        if the second fails.  Return {address: uid}."""
+        if self._outgoing is not None:
+            self.queue_id = self._outgoing.commit(sender, remote)
+        if self._incoming is None:
+            return {}
+        try:
+            return self._incoming.commit(addresses)
+        except BaseException:
+            if self.queue_id is not None:
+                self._queue.delete(self.queue_id)
+                self.queue_id = None
+            raise
 
     def abort(self) -> None:
         """Throw the message away (connection lost, RSET impossible mid-DATA, errors)."""
         if self._open:
             self._open = False
-            try:
-                self._incoming.abort()
-            except (StoreError, OSError):
-                _log.failure("Cannot remove incoming message {id}", id=self.transaction_id)
+            self._header = None
+            for sink in self._sinks:
+                try:
+                    sink.abort()
+                except (StoreError, QueueError, OSError):
+                    _log.failure("Cannot remove incoming message {id}", id=self.transaction_id)
 
     def _fail(self, reply: Reply) -> None:
         self.failure = reply
         self.abort()
 
-    def _committed(self, uids: dict, sender: Mailbox | None, addresses: list[str]) -> Reply:
+    def _committed(
+        self, uids: dict, sender: Mailbox | None, addresses: list[str], remote: list[str]
+    ) -> Reply:
         self.delivered = uids
-        _log.info(
-            "Delivered {id} ({size} octets) from <{sender}> to {recipients}",
-            id=self.transaction_id,
-            size=self.size,
-            sender=str(sender or ""),
-            recipients=", ".join(addresses),
-        )
+        if addresses:
+            _log.info(
+                "Delivered {id} ({size} octets) from <{sender}> to {recipients}",
+                id=self.transaction_id,
+                size=self.size,
+                sender=str(sender or ""),
+                recipients=", ".join(addresses),
+            )
+        if self.queue_id is not None:
+            _log.info(
+                "Queued {id} ({size} octets) from <{sender}> as {queue_id} for {recipients}",
+                id=self.transaction_id,
+                size=self.size,
+                sender=str(sender or ""),
+                queue_id=self.queue_id,
+                recipients=", ".join(remote),
+            )
         return replies.QUEUED.with_text(f"OK: queued as {self.transaction_id}")
 
     def _commit_failed(self, failure: Failure) -> Reply:

@@ -40,6 +40,7 @@ from zope.interface import implementer
 from mailgw.auth import ClientCredentials
 from mailgw.context import ServerContext
 from mailgw.recipients import Recipients
+from mailgw.relay.queue import QueueError
 from mailgw.sessions import BUSY_TEXT, SessionTracker, TrackedSession
 from mailgw.smtp import replies, sasl
 from mailgw.smtp.delivery import Delivery, MessageWriter, Session
@@ -96,6 +97,8 @@ class SMTPServer(ESMTP):
         #: The envelope recipients as given, and the users they resolved to (no duplicates).
         self._recipients: dict[str, None] = {}
         self._users: dict[str, None] = {}
+        #: The recipients in other domains (submission after AUTH), for the outbound queue.
+        self._remote: dict[str, None] = {}
         self._writer: MessageWriter | None = None
         self._exchange: sasl.Exchange | None = None
         self._commands = {
@@ -361,18 +364,21 @@ class SMTPServer(ESMTP):
         self._mail = command
         self._recipients = {}
         self._users = {}
+        self._remote = {}
         self.reply(replies.SENDER_OK)
 
     def do_RCPT(self, argument: bytes) -> None:
-        """Add a recipient: an existing local user (no relay)."""
+        """Add a recipient: a local one, or (submission after AUTH) one in another domain."""
         if self._mail is None:
             raise CommandError(replies.NEED_MAIL)
         if len(self._recipients) >= self.context.limits.smtp_recipients:
             raise CommandError(replies.TOO_MANY_RECIPIENTS)
         mailbox = parse_rcpt(argument)
-        users = self.delivery.validateTo(mailbox)
+        if self.delivery.relays(mailbox):
+            self._remote[str(mailbox)] = None
+        else:
+            self._users.update(dict.fromkeys(self.delivery.validateTo(mailbox)))
         self._recipients[str(mailbox)] = None
-        self._users.update(dict.fromkeys(users))
         self.reply(replies.RECIPIENT_OK)
 
     def do_DATA(self, argument: bytes) -> None:
@@ -389,12 +395,17 @@ class SMTPServer(ESMTP):
         sender = self._mail.sender
         try:
             writer = MessageWriter(
-                self.context.store.incoming(),
+                self.context.store.incoming() if self._users else None,
                 limits.message_size,
                 limits.smtp_text_line,
                 transaction_id,
+                queue=self.context.queue if self._remote else None,
+                complete_headers=self.submission,
+                hostname=self.context.hostname,
             )
-            writer.write_header(b"Return-Path: <%s>" % str(sender or "").encode("ascii"))
+            writer.write_header(
+                b"Return-Path: <%s>" % str(sender or "").encode("ascii"), local_only=True
+            )
             writer.write_header(
                 self.delivery.receivedHeader(
                     self._helo_info(),
@@ -403,7 +414,7 @@ class SMTPServer(ESMTP):
                     transaction_id=transaction_id,
                 )
             )
-        except (StoreError, OSError):
+        except (StoreError, QueueError, OSError):
             _log.failure("Cannot start incoming message {id}", id=transaction_id)
             raise CommandError(replies.LOCAL_ERROR) from None
         self._writer = writer
@@ -524,7 +535,10 @@ class SMTPServer(ESMTP):
     # -- session state
 
     def _session(self) -> Session:
-        return Session(self.factory.recipients, self.context.hostname, self._tls_description())
+        relay = self.submission and self.context.queue is not None
+        return Session(
+            self.factory.recipients, self.context.hostname, self._tls_description(), relay
+        )
 
     def _tls_description(self) -> str | None:
         """The TLS in use as Postfix writes it in Received:, e.g. ``TLSv1.3 with cipher ...``."""
@@ -552,13 +566,14 @@ class SMTPServer(ESMTP):
         writer = self._writer
         if not writer.feed(line):
             return None
-        sender, addresses = self._mail.sender, list(self._users)
+        sender, addresses, remote = self._mail.sender, list(self._users), list(self._remote)
         envelope = (str(sender or ""), list(self._recipients))
         self._writer = None
         self._mail = None
         self._recipients = {}
         self._users = {}
-        finished = writer.finish(sender, addresses)
+        self._remote = {}
+        finished = writer.finish(sender, addresses, remote)
         if self.context.on_delivery is not None:
             finished.addCallback(self._tell_delivery, writer, *envelope)
         finished.addCallback(self.reply)
@@ -577,6 +592,7 @@ class SMTPServer(ESMTP):
         self._mail = None
         self._recipients = {}
         self._users = {}
+        self._remote = {}
 
 
 class SMTPFactory(ServerFactory):

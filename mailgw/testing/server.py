@@ -154,7 +154,8 @@ class _TestingService(MailgwService):
     def _build_context(self) -> ServerContext:
         context = super()._build_context()
         server = self.server
-        changes = {"faults": server.faults, "on_delivery": server._delivered}
+        # A test server never sends mail out: no outbound queue, so other domains are refused.
+        changes = {"faults": server.faults, "on_delivery": server._delivered, "queue": None}
         if server.catch_all:
             changes["recipients"] = CaptureAll(tuple(server.domains))
         return _replace(context, **changes)
