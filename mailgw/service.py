@@ -274,6 +274,8 @@ class MailgwService(MultiService):
         """Start delivering the outbound queue."""
         if self.relay is None:
             self.relay = make_scheduler(self.context, self.config.relay, self.reactor)
+            if self.context.queue is not None:
+                self.context.queue.add_listener(lambda queue_id: self.relay.poke())
         self.relay.start()
         return bound
 

@@ -89,6 +89,7 @@ class OutboundQueue:
         self.msg_dir = self.queue_dir / "msg"
         self.tmp_dir = self.queue_dir / "tmp"
         self._thread_lock = threading.Lock()
+        self._listeners: list[Callable[[str], None]] = []
         try:
             for directory in (self.queue_dir, self.msg_dir, self.tmp_dir):
                 directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -97,6 +98,15 @@ class OutboundQueue:
         self._recover()
 
     # -- adding -------------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Have ``listener(queue_id)`` called by ``announce`` (e.g. the relay, to send at once)."""
+        self._listeners.append(listener)
+
+    def announce(self, queue_id: str) -> None:
+        """Tell the listeners that ``queue_id`` was accepted for good (its 250 is on the way)."""
+        for listener in list(self._listeners):
+            listener(queue_id)
 
     def enqueue(self, data: bytes, sender: str, recipients: list[str]) -> str:
         """Durably queue ``data`` for ``recipients``; return the new entry's id.

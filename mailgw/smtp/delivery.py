@@ -368,6 +368,7 @@ class MessageWriter:
                 queue_id=self.queue_id,
                 recipients=", ".join(remote),
             )
+            self._queue.announce(self.queue_id)
         return replies.QUEUED.with_text(f"OK: queued as {self.transaction_id}")
 
     def _commit_failed(self, failure: Failure) -> Reply:
