@@ -34,7 +34,7 @@ class RelaySettings:
     smarthost_password: str | None = None
     #: STARTTLS toward the smarthost: "required", "opportunistic" or "none".
     smarthost_tls: str = "required"
-    #: Verify the next hop's certificate (service-identity) when TLS is used.
+    #: Verify the smarthost's certificate (service-identity); toward MX hosts TLS is unverified.
     verify_certificates: bool = True
     #: Seconds a message may stay in the queue before it bounces as expired (default 5 days).
     max_age: float = 432000.0

@@ -81,7 +81,9 @@ class Relay:
             password=settings.smarthost_password,
             **common,
         )
-        self.mx_client = ClientSettings(tls="opportunistic", **common)
+        # Toward MX hosts, as Postfix's default (smtp_tls_security_level = may): encrypt when
+        # offered, without requiring a certificate that verifies (many MX hosts have none).
+        self.mx_client = ClientSettings(tls="opportunistic", **{**common, "verify": False})
 
     def key(self, recipient: str) -> str:
         """The destination ``recipient`` is delivered through (concurrency is bounded per key)."""
