@@ -254,13 +254,7 @@ class MessageWriter:
         if self.size + len(data) > self._max_size:
             self._fail(replies.MESSAGE_TOO_BIG)
             return False
-        try:
-            self._put(data)
-        except (StoreError, QueueError, OSError):
-            _log.failure("Cannot write incoming message {id}", id=self.transaction_id)
-            self._fail(replies.LOCAL_ERROR)
-            return False
-        self.size += len(data)
+        self._write(data)
         return False
 
     def feed_lines(self, lines: list[bytes]) -> bool:
@@ -285,14 +279,18 @@ class MessageWriter:
         data += b"\r\n"
         if self.size + len(data) > self._max_size:
             return False
+        self._write(data)
+        return True
+
+    def _write(self, data: bytes) -> None:
+        """Store message data; a store or queue error fails the transaction (451 at the end)."""
         try:
             self._put(data)
         except (StoreError, QueueError, OSError):
             _log.failure("Cannot write incoming message {id}", id=self.transaction_id)
             self._fail(replies.LOCAL_ERROR)
-            return True
+            return
         self.size += len(data)
-        return True
 
     def finish(
         self, sender: Mailbox | None, addresses: list[str], remote: list[str] = ()
