@@ -162,27 +162,6 @@ class DovecotIMAP(Dovecot):
             text = text.replace(old, new)
         self.conf.write_text(text + "mail_max_userip_connections = 100\n")
 
-    def start(self) -> DovecotIMAP:
-        """Start ``dovecot -F`` and wait until it answers."""
-        import subprocess
-
-        self.process = subprocess.Popen(
-            [DOVECOT, "-F", "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.base / "dovecot.stderr", "wb"),  # noqa: SIM115
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                Client(self.port).close()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(
-                        f"dovecot did not start:\n{(self.base / 'dovecot.stderr').read_text()}"
-                    ) from None
-                time.sleep(0.1)
-
 
 def start_mailgw(base: Path) -> ServerProcess:
     """``twistd -n mailgw`` with an imap listener on a free loopback port, data in base/data."""

@@ -199,7 +199,7 @@ service pop3-login {{
         deadline = time.monotonic() + 20
         while True:
             try:
-                Client(self.port).close()
+                socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
                 return self
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -368,6 +368,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mailgw-bench-pop3-") as scratch:
         base = args.dir or Path(scratch)
         base.mkdir(parents=True, exist_ok=True)
+        base.chmod(0o755)  # Dovecot's auth and mail processes (not root) read and walk into it
         started = time.perf_counter()
         run(base, runs, big)
         print(f"(whole benchmark: {time.perf_counter() - started:.0f} s)")
