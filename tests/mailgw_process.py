@@ -41,12 +41,17 @@ delay_max = 0
 
 
 def mailgw(
-    config: Path, *args: str, stdin: str | None = None, as_user: tuple[int, int] | None = None
+    config: Path,
+    *args: str,
+    stdin: str | None = None,
+    as_user: tuple[int, int] | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run the ``mailgw`` admin command; return the completed process (text mode).
 
     ``as_user`` is a (uid, gid) to run it as (the test must run as root), as an admin does with
     ``sudo -u mail mailgw ...`` so that the files it writes belong to the server's user.
+    ``env`` adds environment variables (e.g. ``MAILGW_CRASH_AT``).
     """
     identity = {}
     if as_user is not None:
@@ -57,6 +62,7 @@ def mailgw(
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **(env or {})},
         **identity,
     )
 
@@ -65,20 +71,26 @@ class ServerProcess:
     """``twistd -n mailgw --config FILE`` in a subprocess, with its ports from the ports_file.
 
     ``twistd_args`` go before ``mailgw`` (e.g. ``--uid``/``--gid``); ``ports_file`` is where the
-    config writes its ports (default ``ports.json`` next to the config).
+    config writes its ports (default ``ports.json`` next to the config).  ``env`` adds
+    environment variables to every start (e.g. ``MAILGW_CRASH_AT``); ``start(env=...)`` to one.
     """
 
     def __init__(
-        self, config: Path, twistd_args: tuple = (), ports_file: Path | None = None
+        self,
+        config: Path,
+        twistd_args: tuple = (),
+        ports_file: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.config = config
+        self.env = dict(env or {})
         self.twistd_args = tuple(twistd_args)
         self.ports_file = ports_file or config.parent / "ports.json"
         self.log = config.parent / "twistd.log"
         self.process: subprocess.Popen | None = None
         self.ports: dict[str, int] = {}
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> ServerProcess:
         """Start the server and wait until every listener is bound (the ports_file appears)."""
         self.ports_file.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
@@ -95,7 +107,7 @@ class ServerProcess:
                 cwd=self.config.parent,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **(env or {})},
             )
         deadline = time.monotonic() + timeout
         while not self.ports_file.exists():

@@ -5,9 +5,11 @@ The file starts with ``3 V<uidvalidity> N<uidnext> G<guid>`` and then has one li
 ``:2,``) and ``W<size>`` is the one extension used: the message's size with CRLF line endings.
 Lines are appended, never rewritten per delivery, and fsync'd; the file is rewritten (compacted)
 only when lines of expunged messages outnumber the live ones.  Writers take the dot lock
-``dovecot-uidlist.lock`` (as Dovecot does); a lock older than two minutes, or one whose writer
-(``<pid>:<host>`` in the file) was a process of this host that is gone, is stale.  Callers
-serialise threads with their own lock: an ``UidList`` is not thread-safe by itself.
+``dovecot-uidlist.lock`` (as Dovecot does, ``<pid>:<host>`` in it).  A crash never holds mail
+up: the lock is linked into place whole, and one left by a writer that died (its process gone,
+made before the last boot, empty for a few seconds, or two minutes old) is stale and broken by
+the next writer, which waits longer than that.  Callers serialise threads with their own lock:
+an ``UidList`` is not thread-safe by itself.
 
 A torn last line (a crash in the middle of an append) is ignored and cut away before the next
 append.  ``uid_next`` is the larger of the header's N and the highest UID + 1, so no UID is ever
@@ -16,6 +18,7 @@ given twice, even for a message whose file never arrived.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
@@ -29,61 +32,147 @@ from mailgw.store.files import FILE_MODE, fsync_dir, store_error, write_all
 from mailgw.store.interfaces import StoreError
 
 UIDLIST = "dovecot-uidlist"
-#: A lock file older than this (seconds) was left by a crashed writer and is removed.
+#: A lock whose holder cannot be checked (another host, or an alive pid: perhaps reused) is stale
+#: once it is this old (seconds), as Dovecot's uidlist lock is.
 STALE_LOCK_SECONDS = 120.0
-#: How long a writer waits for the lock before giving up (seconds).
-LOCK_TIMEOUT = 30.0
+#: An empty or unparsable lock (Dovecot writes its pid just after an O_EXCL create) is stale once
+#: it is this old (seconds).
+UNREADABLE_LOCK_SECONDS = 5.0
+#: How long a writer waits for the lock before giving up (seconds): longer than a stale lock can
+#: stand, so a crashed writer's lock never makes a delivery fail.
+LOCK_TIMEOUT = STALE_LOCK_SECONDS + 30.0
 #: Compaction happens when dead lines outnumber live ones and exceed this.
 COMPACT_MIN_DEAD = 1000
 
 
+def _boot_time() -> float:
+    """When this host booted (a lock older than that was left before a reboot); 0 if unknown."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+_BOOT_TIME = _boot_time()
+
+
 @contextmanager
 def dotlock(path: Path, timeout: float) -> Iterator[None]:
-    """Hold the lock file ``path`` (created with O_EXCL) for the duration of the block."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            break
-        except FileExistsError:
-            try:
-                age = time.time() - os.stat(path).st_mtime
-            except FileNotFoundError:
-                continue
-            if age > STALE_LOCK_SECONDS or _holder_is_dead(path):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                continue
-            if time.monotonic() > deadline:
-                raise StoreError(f"timed out waiting for lock {path}") from None
-            time.sleep(0.005)
-        except OSError as e:
-            raise store_error(f"cannot create lock {path}", e) from e
-    try:
-        os.write(fd, f"{os.getpid()}:{socket.gethostname()}\n".encode())
-    finally:
-        os.close(fd)
+    """Hold the lock file ``path`` for the duration of the block; raise StoreError on timeout.
+
+    The lock is made whole, then linked onto its name, so it is never seen empty: its content
+    ``<pid>:<host>`` (Dovecot's) goes into a temporary file in the folder's ``tmp/``, which is
+    then hard-linked to ``path``; ``link`` fails if the name exists, as ``O_EXCL`` would.  A lock
+    found stale (see ``lock_is_stale``) is removed under a ``flock`` of the directory after a
+    second look, so two writers that both find one stale cannot remove each other's new lock.
+    """
+    held = _acquire(path, timeout)
     try:
         yield
     finally:
+        # Remove the lock only if it is still ours (not broken and retaken meanwhile).
         try:
-            os.unlink(path)
+            if os.stat(path).st_ino == held:
+                os.unlink(path)
         except FileNotFoundError:
             pass
 
 
-def _holder_is_dead(path: Path) -> bool:
-    """Was the lock taken by a process of this host that no longer runs (killed mid-write)?"""
+def _acquire(path: Path, timeout: float) -> int:
+    """Link a new lock onto ``path``; return its inode number."""
+    deadline = time.monotonic() + timeout
+    temp_dir = path.parent / "tmp"
+    if not temp_dir.is_dir():
+        temp_dir = path.parent
+    temp = temp_dir / f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}"
     try:
-        pid_text, _, host = path.read_text().strip().partition(":")
-    except (OSError, UnicodeDecodeError):
-        return False
-    if not pid_text.isdigit() or host != socket.gethostname() or int(pid_text) == os.getpid():
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            write_all(fd, f"{os.getpid()}:{socket.gethostname()}\n".encode())
+            inode = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise store_error(f"cannot create lock {path}", e) from e
+    try:
+        pause = 0.002
+        while True:
+            try:
+                os.link(temp, path)
+                return inode
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise store_error(f"cannot create lock {path}", e) from e
+            if _break_if_stale(path):
+                continue
+            if time.monotonic() > deadline:
+                raise StoreError(f"timed out waiting for lock {path}")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+    finally:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+
+
+def _break_if_stale(path: Path) -> bool:
+    """Remove the lock ``path`` if it is stale; True when it is gone (try to take it again)."""
+    if not lock_is_stale(path):
         return False
     try:
-        os.kill(int(pid_text), 0)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise store_error(f"cannot open {path.parent}", e) from e
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        # Another writer may have broken it and taken a new lock since the first look.
+        if lock_is_stale(path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(dir_fd)  # releases the flock
+    return True
+
+
+def lock_is_stale(path: Path) -> bool:
+    """Is the lock ``path`` gone, or left by a writer that no longer holds it?
+
+    Stale: made before this host last booted; older than ``STALE_LOCK_SECONDS``; empty or
+    unparsable and older than ``UNREADABLE_LOCK_SECONDS``; or naming a process of this host that
+    no longer runs.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        mtime = os.fstat(fd).st_mtime
+        content = os.read(fd, 512)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    age = time.time() - mtime
+    if mtime < _BOOT_TIME or age > STALE_LOCK_SECONDS:
+        return True
+    pid_text, sep, host = content.decode("ascii", "replace").strip().partition(":")
+    if not sep or not pid_text.isdigit() or not host:
+        return age > UNREADABLE_LOCK_SECONDS
+    pid = int(pid_text)
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:
