@@ -66,25 +66,33 @@ def dotlock(path: Path, timeout: float) -> Iterator[None]:
 
     The lock is made whole, then linked onto its name, so it is never seen empty: its content
     ``<pid>:<host>`` (Dovecot's) goes into a temporary file in the folder's ``tmp/``, which is
-    then hard-linked to ``path``; ``link`` fails if the name exists, as ``O_EXCL`` would.  A lock
+    then hard-linked to ``path`` (``link`` fails if the name exists, as ``O_EXCL`` would) and
+    removed on release; a crash leaves it in ``tmp/``, which the stale-file sweep empties.  A lock
     found stale (see ``lock_is_stale``) is removed under a ``flock`` of the directory after a
     second look, so two writers that both find one stale cannot remove each other's new lock.
     """
-    held = _acquire(path, timeout)
+    temp = _lock_content_file(path)
     try:
-        yield
-    finally:
-        # Remove the lock only if it is still ours (not broken and retaken meanwhile).
+        held = _acquire(path, temp, timeout)
         try:
-            if os.stat(path).st_ino == held:
-                os.unlink(path)
-        except FileNotFoundError:
+            yield
+        finally:
+            # Remove the lock only if it is still ours, not broken as stale and retaken; the
+            # temporary link keeps its inode number from being reused until then.
+            try:
+                if os.stat(path).st_ino == held:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+    finally:
+        try:
+            os.unlink(temp)
+        except OSError:
             pass
 
 
-def _acquire(path: Path, timeout: float) -> int:
-    """Link a new lock onto ``path``; return its inode number."""
-    deadline = time.monotonic() + timeout
+def _lock_content_file(path: Path) -> Path:
+    """Write ``<pid>:<host>`` into a new file beside the folder's messages in ``tmp/``."""
     temp_dir = path.parent / "tmp"
     if not temp_dir.is_dir():
         temp_dir = path.parent
@@ -93,32 +101,35 @@ def _acquire(path: Path, timeout: float) -> int:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             write_all(fd, f"{os.getpid()}:{socket.gethostname()}\n".encode())
-            inode = os.fstat(fd).st_ino
         finally:
             os.close(fd)
     except OSError as e:
-        raise store_error(f"cannot create lock {path}", e) from e
-    try:
-        pause = 0.002
-        while True:
-            try:
-                os.link(temp, path)
-                return inode
-            except FileExistsError:
-                pass
-            except OSError as e:
-                raise store_error(f"cannot create lock {path}", e) from e
-            if _break_if_stale(path):
-                continue
-            if time.monotonic() > deadline:
-                raise StoreError(f"timed out waiting for lock {path}")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-    finally:
         try:
             os.unlink(temp)
         except OSError:
             pass
+        raise store_error(f"cannot create lock {path}", e) from e
+    return temp
+
+
+def _acquire(path: Path, temp: Path, timeout: float) -> int:
+    """Link ``temp`` onto ``path`` once the lock is free; return the lock's inode number."""
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while True:
+        try:
+            os.link(temp, path)
+            return os.stat(temp).st_ino
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise store_error(f"cannot create lock {path}", e) from e
+        if _break_if_stale(path):
+            continue
+        if time.monotonic() > deadline:
+            raise StoreError(f"timed out waiting for lock {path}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _break_if_stale(path: Path) -> bool:
