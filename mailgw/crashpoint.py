@@ -18,24 +18,31 @@ import signal
 
 #: Every durable step, by write path: name -> what has happened when the process dies there.
 STEPS: dict[str, str] = {
-    # SMTP delivery (and IMAP-independent delivery by ``mailgw deliver``): the group commit.
-    "delivery.file_written": "message file written in tmp/, not yet fsync'd",
-    "delivery.file_synced": "message file fsync'd, not yet linked anywhere",
-    "delivery.linked": "hard link(s) in new/, index line not yet written",
-    "delivery.indexed": "index line appended and fsync'd, new/ not yet fsync'd",
-    "delivery.dir_synced": "new/ fsync'd, reply not yet sent",
-    "delivery.next_folder": "first recipient's folder committed, the next not yet",
-    "delivery.replied": "250 written to the transport",
-    # IMAP APPEND (and COPY, which appends to the target).
-    "append.file_synced": "appended file fsync'd in tmp/, no UID yet",
+    # SMTP delivery (and ``mailgw deliver``): the group commit, per recipient folder.
+    "delivery.file_written": "message file written in the spool (DATA/tmp), not yet fsync'd",
+    "delivery.file_synced": "message file fsync'd in the spool, not yet linked into any folder",
+    "delivery.linked": "hard link(s) made in new/ (not fsync'd), no index line yet",
+    "delivery.indexed": "index line(s) appended and fsync'd, new/ not yet fsync'd",
+    "delivery.dir_synced": "new/ fsync'd: this folder's copy durable; next folder, reply not yet",
+    "delivery.next_folder": "one recipient's folder committed, the next one not yet touched",
+    "delivery.replied": "250 handed to the transport, not yet sent; spool file removed",
+    # IMAP APPEND (and COPY and MOVE, which append each message to the target in turn).
+    "append.file_synced": "message file written and fsync'd in the folder's tmp/, no UID yet",
     "append.indexed": "UID line appended and fsync'd, file still in tmp/",
-    "append.renamed": "file renamed into new/ or cur/, directory not yet fsync'd",
-    # Flag changes (IMAP STORE, POP3 and IMAP marking messages seen).
-    "flags.renamed": "file renamed to its new flags, cur/ not yet fsync'd",
-    # Expunge (IMAP EXPUNGE, MOVE's removal, POP3 QUIT deletions).
+    "append.renamed": "file renamed into new/ or cur/, that directory not yet fsync'd",
+    "append.dir_synced": "new/ or cur/ fsync'd: the message durable; not yet answered",
+    # Flag changes (IMAP STORE, and FETCH of a body, which sets \\Seen).
+    "flags.renamed": "file renamed to its new flags in cur/, directories not yet fsync'd",
+    "flags.dir_synced": "cur/ (and new/) fsync'd: the new flags durable; not yet answered",
+    # IMAP SELECT claiming \\Recent: messages moved from new/ to cur/, flags unchanged.
+    "recent.moved": "one message renamed from new/ to cur/, the others and the fsync not yet",
+    "recent.dir_synced": "new/ and cur/ fsync'd after moving the claimed messages",
+    # Expunge (IMAP EXPUNGE and CLOSE, MOVE's removal, POP3 QUIT deletions).
     "expunge.unlinked": "one message file unlinked, the others and the fsync not yet",
-    # Index compaction (after an expunge leaves mostly dead lines).
-    "compact.written": "compacted index written to its temp file and fsync'd, not renamed",
+    "expunge.dir_synced": "new/ and cur/ fsync'd after the unlinks; index not compacted yet",
+    # Index compaction (when an expunge or scan leaves dead lines outnumbering live ones).
+    "compact.written": "compacted index written and fsync'd in its temp file, not renamed",
+    "compact.renamed": "compacted index renamed into place, the folder not yet fsync'd",
     # Outbound queue.
     "queue.enqueued": "queue entry written, directory not yet fsync'd",
     "queue.attempt_recorded": "delivery attempt recorded in the entry",

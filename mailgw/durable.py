@@ -9,6 +9,8 @@ import os
 import threading
 from pathlib import Path
 
+from mailgw.crashpoint import crash_point
+
 
 def write_all(fd: int, data: bytes) -> None:
     """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
@@ -26,10 +28,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def replace_file(path: Path, data: bytes, mode: int = 0o600, prepare=None) -> None:
+def replace_file(
+    path: Path,
+    data: bytes,
+    mode: int = 0o600,
+    prepare=None,
+    crash_steps: tuple[str, str] = ("", ""),
+) -> None:
     """Atomically and durably make ``path`` hold ``data``: temp file, fsync, rename, fsync dir.
 
     ``prepare(fd)``, if given, runs on the temp file before it is written (e.g. to fchown it).
+    ``crash_steps`` names the caller's crash points (``mailgw.crashpoint``) reached once the
+    temp file is fsync'd and once it is renamed into place (before the directory's fsync).
     Raise OSError; a failure leaves ``path`` as it was and no temp file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
@@ -42,8 +52,10 @@ def replace_file(path: Path, data: bytes, mode: int = 0o600, prepare=None) -> No
             os.fsync(fd)
         finally:
             os.close(fd)
+        crash_point(crash_steps[0])
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    crash_point(crash_steps[1])
     fsync_dir(path.parent)

@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from mailgw.auth import ClientCredentials
 from mailgw.context import ServerContext
+from mailgw.crashpoint import crash_point
 from mailgw.recipients import Recipients
 from mailgw.relay.queue import QueueError
 from mailgw.sessions import BUSY_TEXT, SessionTracker, TrackedSession
@@ -576,8 +577,14 @@ class SMTPServer(ESMTP):
         finished = writer.finish(sender, addresses, remote)
         if self.context.on_delivery is not None:
             finished.addCallback(self._tell_delivery, writer, *envelope)
-        finished.addCallback(self.reply)
+        finished.addCallback(self._data_reply)
         return finished
+
+    def _data_reply(self, reply: Reply) -> None:
+        """Send the reply to the end of DATA (a 250 comes only after the commit)."""
+        self.reply(reply)
+        if reply.code == 250:
+            crash_point("delivery.replied")
 
     def _tell_delivery(self, reply: Reply, writer: MessageWriter, sender: str, rcpts: list):
         """Tell ``context.on_delivery`` (mailgw.testing) of a committed message."""

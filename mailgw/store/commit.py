@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable
 
+from mailgw.crashpoint import crash_point
 from mailgw.store.files import store_error
 from mailgw.store.interfaces import StoreError
 
@@ -55,7 +56,9 @@ class GroupCommitter:
         try:
             folders = [(address, self._folder_of(address)) for address in addresses]
             fd = message.write_out()
+            crash_point("delivery.file_written")
             os.fsync(fd)
+            crash_point("delivery.file_synced")
         except (OSError, StoreError) as e:
             message.discard()
             if isinstance(e, StoreError):
@@ -102,7 +105,9 @@ class GroupCommitter:
         for job in jobs:
             for address, folder in job.folders:
                 by_folder.setdefault(id(folder), (folder, []))[1].append((job, address))
-        for folder, entries in by_folder.values():
+        for n, (folder, entries) in enumerate(by_folder.values()):
+            if n:
+                crash_point("delivery.next_folder")
             try:
                 results = folder.deliver_links(
                     [(j.message.source, j.message.size) for j, _ in entries]

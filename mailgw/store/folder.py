@@ -17,6 +17,7 @@ from pathlib import Path
 
 from zope.interface import implementer
 
+from mailgw.crashpoint import crash_point
 from mailgw.store.events import Listeners
 from mailgw.store.files import (
     clean_stale,
@@ -232,6 +233,7 @@ class MaildirFolder:
         flags = frozenset(flags)
         tmp = self.path / "tmp" / key
         write_durably(tmp, data, mtime=internal_date)
+        crash_point("append.file_synced")
         with self._lock:
             try:
                 self._refresh()
@@ -239,10 +241,13 @@ class MaildirFolder:
                     self._index.refresh()
                     info = self._keywords.info_of(flags) if flags else None
                     [uid] = self._index.add([(key, None)])
+                    crash_point("append.indexed")
                     subdir = "cur" if info else "new"
                     dest = self.path / subdir / (f"{key}:{info}" if info else key)
                     os.rename(tmp, dest)
+                    crash_point("append.renamed")
                     fsync_dir(dest.parent)
+                    crash_point("append.dir_synced")
             except OSError as e:
                 remove_quietly(tmp)
                 raise store_error("cannot deliver the message", e) from e
@@ -275,6 +280,7 @@ class MaildirFolder:
                         self.path / old.subdir / old.filename,
                         self.path / "cur" / f"{old.key}:{info}",
                     )
+                    crash_point("flags.renamed")
                     break
                 except FileNotFoundError:
                     if attempt == 2:
@@ -283,6 +289,7 @@ class MaildirFolder:
                 except OSError as e:
                     raise store_error(f"cannot change the flags of message {uid}", e) from e
             self._sync_dirs({"cur", old.subdir})
+            crash_point("flags.dir_synced")
             new = MessageInfo(
                 uid, old.key, self._keywords.flags_of(info), False, info, old._size, old._date
             )
@@ -306,6 +313,7 @@ class MaildirFolder:
                     os.rename(
                         self.path / "new" / old.filename, self.path / "cur" / f"{old.key}:{info}"
                     )
+                    crash_point("recent.moved")
                 except FileNotFoundError:
                     continue
                 except OSError as e:
@@ -317,6 +325,7 @@ class MaildirFolder:
                 moved = True
             if moved:
                 self._sync_dirs({"new", "cur"})
+                crash_point("recent.dir_synced")
                 self._record_stamps()
 
     def expunge(self, uids: Iterable[int]) -> list:
@@ -332,6 +341,7 @@ class MaildirFolder:
                         break
                     try:
                         os.unlink(self.path / old.subdir / old.filename)
+                        crash_point("expunge.unlinked")
                     except FileNotFoundError:
                         if attempt == 1:
                             self._rescan(notify=True)
@@ -345,6 +355,7 @@ class MaildirFolder:
                     break
             if removed:
                 self._sync_dirs(touched)
+                crash_point("expunge.dir_synced")
                 self._record_stamps()
                 self._listeners.notify(self.folder_id, "messages_expunged", removed)
                 self._compact_if_needed()
@@ -383,6 +394,8 @@ class MaildirFolder:
                         else:
                             results.append(key)
                             linked.append(key)
+                    if linked:
+                        crash_point("delivery.linked")
                     uids = self._index_links(linked)
             finally:
                 try:
@@ -435,7 +448,9 @@ class MaildirFolder:
         new = self.path / "new"
         try:
             uids = self._index.add([(key, None) for key in keys])
+            crash_point("delivery.indexed")
             fsync_dir(new)
+            crash_point("delivery.dir_synced")
             return uids
         except (OSError, StoreError) as e:
             error = e if isinstance(e, StoreError) else store_error("cannot deliver", e)

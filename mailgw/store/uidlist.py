@@ -388,7 +388,9 @@ class UidList:
 
     def _write_new(self, data: bytes) -> None:
         try:
-            replace_file(self.path, data, FILE_MODE)
+            replace_file(
+                self.path, data, FILE_MODE, crash_steps=("compact.written", "compact.renamed")
+            )
             self._ino = os.stat(self.path).st_ino
         except OSError as e:
             raise store_error(f"cannot rewrite {self.path}", e) from e
