@@ -53,6 +53,7 @@ from mailgw.config import (
     server_endpoint,
 )
 from mailgw.context import ServerContext
+from mailgw.durable import remove_stale_temps
 from mailgw.recipients import AliasFile, Recipients
 from mailgw.relay.queue import OutboundQueue, QueueError
 from mailgw.relay.scheduler import RelayScheduler, make_scheduler
@@ -280,9 +281,12 @@ class MailgwService(MultiService):
         return bound
 
     def _prepare(self) -> None:
-        """Remove a stale ports file; build the context and attach the real factories (once)."""
+        """Remove a stale ports file (and a killed start's temp file of it); build the context
+        and attach the real factories (once)."""
         try:
             _remove(self.config.ports_file)
+            if self.config.ports_file is not None:
+                remove_stale_temps(self.config.ports_file)
         except OSError as error:
             problem = error.strerror or error
             raise StartupError(f"cannot remove {self.config.ports_file}: {problem}") from None

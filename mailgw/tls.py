@@ -22,6 +22,7 @@ from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 
 from mailgw.config import Config, ConfigError
+from mailgw.durable import remove_stale_temps
 
 log = Logger()
 
@@ -143,6 +144,8 @@ def _generated_pair(config: Config) -> tuple[object, list]:
     private_key, certificate = self_signed(config.hostname, config.domains)
     try:
         cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path in (key_path, cert_path):
+            remove_stale_temps(path)  # a killed start's temp files (one holds a private key)
         key_pem = private_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
