@@ -334,6 +334,9 @@ def _list_queue(queue: OutboundQueue) -> None:
         for recipient in entry.recipients:
             error = _printable(entry.errors.get(recipient, ""))
             print(f"  to   <{recipient}>" + (f"  last error: {error}" if error else ""))
+        if entry.bounce is not None:
+            for recipient, reason in entry.bounce.failures.items():
+                print(f"  bounce pending for <{recipient}>: {_printable(reason)}")
     print(f"{_messages(len(entries))} in the queue" if entries else "the queue is empty")
 
 

@@ -43,14 +43,27 @@ STEPS: dict[str, str] = {
     # Index compaction (when an expunge or scan leaves dead lines outnumbering live ones).
     "compact.written": "compacted index written and fsync'd in its temp file, not renamed",
     "compact.renamed": "compacted index renamed into place, the folder not yet fsync'd",
-    # Outbound queue.
-    "queue.enqueued": "queue entry written, directory not yet fsync'd",
-    "queue.attempt_recorded": "delivery attempt recorded in the entry",
-    "queue.removed": "delivered entry unlinked, directory not yet fsync'd",
-    "bounce.delivered": "bounce delivered to the sender, queue entry not yet removed",
+    # Outbound queue: enqueue (submission to another domain, a bounce to a remote sender).
+    "queue.message_written": "message written and fsync'd in queue/tmp/, no metadata yet",
+    "queue.metadata_written": "metadata written and fsync'd in queue/tmp/, nothing in msg/ yet",
+    "queue.message_renamed": "message renamed into msg/, its metadata not (an incomplete entry)",
+    "queue.metadata_renamed": "metadata renamed into msg/ (the commit), msg/ not yet fsync'd",
+    "queue.enqueued": "msg/ fsync'd: the entry durable; the 250 not yet sent",
+    # Outbound queue: an attempt recorded (a temporary failure, or some recipients accepted).
+    "queue.attempt_written": "new metadata fsync'd in its temp file in msg/, not renamed",
+    "queue.attempt_renamed": "new metadata renamed over the old, msg/ not yet fsync'd",
+    "queue.attempt_recorded": "msg/ fsync'd: the attempt durable",
+    # Outbound queue: an entry removed (all delivered, bounced, or ``mailgw queue delete``).
+    "queue.metadata_unlinked": "metadata unlinked (the entry gone), its message file not yet",
+    "queue.message_unlinked": "message file unlinked too, msg/ not yet fsync'd",
+    "queue.removed": "msg/ fsync'd: the removal durable",
+    # Bounce of recipients refused for good (or expired), to a local sender's INBOX.
+    "bounce.recorded": "pending bounce durable in the entry, its recipients dropped; not sent",
+    "bounce.delivered": "bounce in the sender's INBOX (or queued), pending bounce not cleared",
     # User database (``mailgw user add``, ``passwd``, ``delete``).
-    "passwd.temp_written": "new passwd-file written to its temp file, not yet renamed",
+    "passwd.temp_written": "new passwd-file written and fsync'd in its temp file, not renamed",
     "passwd.renamed": "new passwd-file renamed into place, directory not yet fsync'd",
+    "passwd.dir_synced": "directory fsync'd: the change durable; lock not yet released",
 }
 
 _ENV = "MAILGW_CRASH_AT"

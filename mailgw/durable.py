@@ -107,14 +107,14 @@ def remove_stale_temps(path: Path, now: float | None = None) -> None:
             continue
         temp = path.parent / name
         try:
-            if _process_gone(int(match.group(1))) or os.lstat(temp).st_mtime < limit:
+            if process_gone(int(match.group(1))) or os.lstat(temp).st_mtime < limit:
                 os.unlink(temp)
         except OSError:
             continue
 
 
-def _process_gone(pid: int) -> bool:
-    """Is there no process ``pid`` (on this host, in this pid namespace)?"""
+def process_gone(pid: int) -> bool:
+    """Is there no process ``pid`` (on this host, in this pid namespace)?  False for this one."""
     if pid == os.getpid():
         return False
     try:

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mailgw.relay.queue import MEMORY_SPOOL, NoSuchEntry, OutboundQueue
+from mailgw.relay.queue import (
+    MEMORY_SPOOL,
+    NoSuchEntry,
+    OutboundQueue,
+    PendingBounce,
+    QueueError,
+)
 
 MESSAGE = b"From: alice@example.test\r\nTo: bob@remote.test\r\nSubject: hi\r\n\r\nHello\r\n"
 
@@ -184,3 +190,48 @@ def test_threads_and_a_second_queue_object_lose_no_update(tmp_path: Path) -> Non
         n, i = entry.sender[1:].split("@")[0], entry.recipients[0][1:].split("@")[0]
         with queue.open_message(entry_id) as message:
             assert message.read() == f"Subject: {n}/{i}\r\n\r\n".encode()
+
+
+def test_a_dead_writers_files_in_tmp_are_removed_at_open_a_live_ones_kept(tmp_path) -> None:
+    """tmp/ names carry the writer's pid: a server killed mid-enqueue leaves nothing for
+    longer than its restart."""
+    queue = OutboundQueue(tmp_path / "queue")
+    tmp = tmp_path / "queue" / "tmp"
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    for suffix in ("eml", "json"):
+        (tmp / f"18c0ffee000-0123456789abcdef.{dead}.{suffix}").write_bytes(MESSAGE)
+    live = queue.incoming()
+    live.write(b"x" * (MEMORY_SPOOL + 1))  # in progress in this process: in tmp/ already
+    OutboundQueue(tmp_path / "queue")
+    assert files(tmp_path / "queue") == [f"tmp/{live.path.name}"]
+    live.abort()
+
+
+def test_pending_bounce_is_kept_until_done(tmp_path: Path) -> None:
+    queue = OutboundQueue(tmp_path / "queue")
+    entry_id = queue.enqueue(MESSAGE, "alice@example.test", ["bob@remote.test", "c@other.test"])
+    bounce = PendingBounce({"bob@remote.test": "550 5.1.1 gone"}, False, "<b@mx>", {"alice": 3})
+    entry = queue.fail_recipients(entry_id, ["Bob@Remote.test"], bounce)
+    assert entry.recipients == ["c@other.test"] and entry.bounce == bounce
+    assert OutboundQueue(tmp_path / "queue").get(entry_id).bounce == bounce, "durable"
+    with pytest.raises(QueueError, match="pending already"):
+        queue.fail_recipients(entry_id, ["c@other.test"], bounce)
+    assert queue.fail_recipients(entry_id, ["c@other.test"], None).recipients == []
+    assert [e.id for e in queue.due(0.0)] == [entry_id], "a pending bounce is always due"
+    assert queue.bounce_done(entry_id) is None, "nothing left: removed"
+    assert files(tmp_path / "queue") == []
+
+
+def test_enqueue_under_a_given_id_once(tmp_path: Path) -> None:
+    queue = OutboundQueue(tmp_path / "queue")
+    entry_id = queue.new_id()
+    assert queue.enqueue(MESSAGE, "", ["alice@remote.test"], entry_id=entry_id) == entry_id
+    assert queue.has(entry_id)
+    with pytest.raises(QueueError, match="exists"):
+        queue.enqueue(b"other", "", ["alice@remote.test"], entry_id=entry_id)
+    with queue.open_message(entry_id) as message:
+        assert message.read() == MESSAGE
+    assert files(tmp_path / "queue") == [f"msg/{entry_id}.eml", f"msg/{entry_id}.json"]

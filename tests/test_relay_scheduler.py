@@ -21,7 +21,8 @@ from twisted.internet.task import Clock
 
 from mailgw import imap
 from mailgw.relay import RelaySettings
-from mailgw.relay.queue import OutboundQueue
+from mailgw.relay.bounce import make_bounce
+from mailgw.relay.queue import OutboundQueue, PendingBounce
 from mailgw.relay.scheduler import BACKOFF, Relay, RelayScheduler, backoff
 from mailgw.service import MailgwService
 
@@ -240,3 +241,47 @@ def test_running_server_relays_submitted_mail(tmp_path, smarthost):
     finally:
         in_reactor(service.stopService)
     assert not service.relay.running
+
+
+@pytest.mark.parametrize("delivered_before_crash", [False, True])
+def test_pending_bounce_left_by_a_crash_goes_exactly_once(
+    harness, smarthost, delivered_before_crash
+):
+    """The state a crash leaves after recording a bounce (``bounce.recorded``) or after
+    delivering it (``bounce.delivered``): the next scan delivers it once in all, and never
+    asks the refusing server again."""
+    asked = []
+    smarthost.handle_RCPT = lambda *args: asked.append(args) or "550 5.1.1 no such user"
+    queue = harness.queue
+    entry_id = queue.enqueue(MESSAGE, ALICE, ["gone@remote.test", "bob@remote.test"])
+    entry = queue.get(entry_id)
+    failures = {"gone@remote.test": "550 5.1.1 no such user"}
+    folder = harness.server.store.folder(ALICE)
+    bounce = PendingBounce(failures, False, "<x.bounce@mx.example.test>", {ALICE: folder.uid_next})
+    queue.fail_recipients(entry_id, ["gone@remote.test"], bounce)
+    queue.record_attempt(entry_id, {}, [], harness.clock.seconds() + 3600)  # bob: not due
+    if delivered_before_crash:
+        data = make_bounce(entry, b"", failures, "mx.example.test", False, bounce.message_id)
+        folder.append(data)
+    harness.run()
+    harness.run()
+    [delivered] = harness.inbox()
+    assert delivered["Message-ID"] == bounce.message_id
+    assert asked == [] and smarthost.messages == []
+    [left] = queue.entries()
+    assert left.bounce is None and left.recipients == ["bob@remote.test"]
+
+
+def test_pending_bounce_to_a_remote_sender_is_queued_once(harness, smarthost):
+    """Its own queue entry exists already (a crash after queueing it): not queued again."""
+    queue = harness.queue
+    entry_id = queue.enqueue(MESSAGE, "carol@remote.test", ["gone@remote.test"])
+    bounce = PendingBounce(
+        {"gone@remote.test": "550 gone"}, False, "<y@mx>", queue_id=queue.new_id()
+    )
+    queue.fail_recipients(entry_id, ["gone@remote.test"], bounce)
+    queue.enqueue(b"Subject: the bounce\r\n\r\n", "", ["carol@remote.test"], bounce.queue_id)
+    harness.run()
+    harness.run()
+    assert [(m[0], m[1]) for m in smarthost.messages] == [("<>", ["carol@remote.test"])]
+    assert b"the bounce" in smarthost.messages[0][2] and queue.entries() == []

@@ -27,14 +27,16 @@ def make_bounce(
     failures: dict[str, str],
     reporting_mta: str,
     expired: bool,
+    message_id: str | None = None,
 ) -> bytes:
     """Return the DSN (CRLF line ends) telling ``entry.sender`` that ``failures`` failed.
 
     ``entry`` is the ``QueueEntry`` (its ``id``, ``sender``, ``created`` are used);
     ``failures`` maps each failed recipient to the last reply or error text (e.g. "550 5.1.1
     no such user", or "connection refused"); ``expired`` says the message stayed in the
-    queue too long rather than being refused.  The caller must not send one when
-    ``entry.sender`` is '' (the null sender)."""
+    queue too long rather than being refused; ``message_id`` is its Message-ID (default a new
+    one from ``bounce_message_id``).  The caller must not send one when ``entry.sender`` is ''
+    (the null sender)."""
     if not failures:
         raise ValueError("a bounce needs at least one failed recipient")
     boundary = f"=_mailgw_{os.urandom(12).hex()}"
@@ -49,7 +51,7 @@ def make_bounce(
         f"To: <{entry.sender}>",
         "Subject: Undelivered Mail Returned to Sender",
         f"Date: {email.utils.formatdate(now)}",
-        f"Message-ID: <{entry.id}.bounce.{os.urandom(4).hex()}@{reporting_mta}>",
+        f"Message-ID: {message_id or bounce_message_id(entry, reporting_mta)}",
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
@@ -102,6 +104,11 @@ def make_bounce(
         b"",
     ]
     return head + b"\r\n" + b"\r\n".join(tail)
+
+
+def bounce_message_id(entry: object, reporting_mta: str) -> str:
+    """A new Message-ID, angle brackets included, for a bounce of queue entry ``entry``."""
+    return f"<{entry.id}.bounce.{os.urandom(4).hex()}@{reporting_mta}>"
 
 
 def _status(reason: str, expired: bool) -> tuple[str | None, str]:

@@ -2,7 +2,8 @@
 
 Layout under ``queue_dir`` (``DATA/queue``)::
 
-    tmp/            files being written (a crash's left-overs, an hour old, are removed at open)
+    tmp/            files being written, named after the writing process (a dead process's,
+                    or any an hour old, are a crash's left-overs, removed at open)
     msg/<id>.eml    the message, exactly the bytes given to ``enqueue`` (CRLF line ends)
     msg/<id>.json   its metadata: sender, recipients still to deliver, times, attempts, errors
 
@@ -14,8 +15,16 @@ queue flush`` run as root) is given to the owner of ``msg/``, so the server can 
 ``msg/``, then fsyncs ``msg/``: once it returns, the message survives a crash.  A ``.eml``
 without its ``.json`` is an enqueue that did not finish (its caller got no success) and is
 removed when a queue is opened.  Metadata is rewritten atomically (temp file, fsync, rename,
-fsync of the directory).  The queue is synchronous and thread-safe, and imports nothing of
-Twisted: the server calls it in a thread.
+fsync of the directory); a rewrite's temp file (``msg/.<id>.json.*.tmp``) left by a crash is
+removed when a queue is opened.  Removal unlinks the metadata first (the commit point), then
+the message.  Each of these steps is a crash point (``mailgw.crashpoint``, ``queue.*``).
+
+Recipients given up on (``fail_recipients``) can leave a ``PendingBounce`` in the entry: the
+bounce decided but not yet known to be delivered, so that a crash neither loses it nor, once
+the caller has delivered it, makes it go twice (see ``mailgw.relay.scheduler``).
+
+The queue is synchronous and thread-safe, and imports nothing of Twisted: the server calls it
+in a thread.
 """
 
 from __future__ import annotations
@@ -32,15 +41,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from mailgw.durable import fsync_dir, replace_file, write_all
+from mailgw.crashpoint import crash_point
+from mailgw.durable import fsync_dir, process_gone, replace_file, write_all
 
 #: Mode of the queue's files and directories.
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
-#: Files in tmp/ older than this are left-overs of a crash (younger ones may be another
-#: process's enqueue in progress).
+#: Files in tmp/ older than this are left-overs of a crash whatever process they name (the
+#: pid may have been reused); younger ones only if their process is gone.
 STALE_TMP_SECONDS = 3600
+
+#: A file in tmp/: ``<id>.<pid>.eml`` or ``<id>.<pid>.json``.
+_TMP_NAME = re.compile(r"^[0-9a-f-]+\.(\d+)\.(?:eml|json)$")
 
 #: A message being queued stays in memory up to this many octets, then goes to its file.
 MEMORY_SPOOL = 256 * 1024
@@ -55,6 +68,23 @@ class QueueError(Exception):
 
 class NoSuchEntry(QueueError):
     """No queue entry has this id (never had, or delivered, bounced or deleted since)."""
+
+
+@dataclass
+class PendingBounce:
+    """A bounce to the sender decided for some recipients, not yet known to be delivered."""
+
+    #: {recipient: reply or error text} of the recipients it reports (no longer in the entry).
+    failures: dict[str, str]
+    #: Did they fail by staying in the queue too long (rather than being refused)?
+    expired: bool
+    #: The bounce's Message-ID, by which a delivered copy is recognised after a crash.
+    message_id: str
+    #: For a local sender: {user: that INBOX's UIDNEXT before delivery} (a delivered copy has a
+    #: UID at least that); empty for a sender elsewhere.
+    marks: dict[str, int] = field(default_factory=dict)
+    #: For a sender elsewhere: the id the bounce's own queue entry gets; else None.
+    queue_id: str | None = None
 
 
 @dataclass
@@ -77,6 +107,8 @@ class QueueEntry:
     last_error: str | None = None
     #: The last failure of each pending recipient that has failed: {recipient: reply text}.
     errors: dict[str, str] = field(default_factory=dict)
+    #: A bounce not yet known to be delivered, or None.
+    bounce: PendingBounce | None = None
 
 
 class OutboundQueue:
@@ -108,21 +140,42 @@ class OutboundQueue:
         for listener in list(self._listeners):
             listener(queue_id)
 
-    def enqueue(self, data: bytes, sender: str, recipients: list[str]) -> str:
+    def enqueue(
+        self, data: bytes, sender: str, recipients: list[str], entry_id: str | None = None
+    ) -> str:
         """Durably queue ``data`` for ``recipients``; return the new entry's id.
 
-        Once this returns, the message and its metadata are fsync'd and survive a crash.
-        Raise QueueError (and leave nothing behind) if they cannot be written."""
-        message = self.incoming()
+        ``entry_id`` is the id to give it (from ``new_id``; default a new one).  Once this
+        returns, the message and its metadata are fsync'd and survive a crash.  Raise
+        QueueError (and leave nothing behind) if they cannot be written, or if an entry
+        ``entry_id`` exists."""
+        message = self.incoming(entry_id)
         message.write(data)
         return message.commit(sender, recipients)
 
-    def incoming(self) -> QueuedMessage:
+    def incoming(self, entry_id: str | None = None) -> QueuedMessage:
         """A message to be written piece by piece, then queued by its ``commit``.
 
         For the SMTP server: ``write`` costs no file system call for a typical message (it
-        stays in memory up to ``MEMORY_SPOOL`` octets), ``commit`` is called in a thread."""
-        return QueuedMessage(self)
+        stays in memory up to ``MEMORY_SPOOL`` octets), ``commit`` is called in a thread.
+        ``entry_id`` (see ``enqueue``) may be one whose enqueue a crash cut short: its files in
+        ``tmp/`` are removed first (blocking then)."""
+        message = QueuedMessage(self, entry_id)
+        if entry_id is not None:
+            try:
+                for path in (message.path, message.metadata_path):
+                    path.unlink(missing_ok=True)
+            except OSError as error:
+                raise QueueError(f"cannot queue the message: {error}") from None
+        return message
+
+    def new_id(self) -> str:
+        """A fresh entry id (for ``enqueue(..., entry_id=)``)."""
+        return f"{int(self.clock() * 1000):x}-{os.urandom(8).hex()}"
+
+    def has(self, entry_id: str) -> bool:
+        """Is ``entry_id`` queued (its metadata there)?"""
+        return self._json(entry_id).exists()
 
     def _commit(self, message: QueuedMessage, sender: str, recipients: list[str]) -> str:
         """Queue the written ``message``: see ``QueuedMessage.commit``."""
@@ -133,14 +186,25 @@ class OutboundQueue:
         entry_id = message.entry_id
         entry = QueueEntry(entry_id, sender, list(recipients), now, next_attempt=now)
         eml_tmp = message.path
-        json_tmp = self.tmp_dir / f"{entry_id}.json"
+        json_tmp = message.metadata_path
         try:
             message.write_out()
+            crash_point("queue.message_written")
             _write_new(json_tmp, _encode(entry))
+            crash_point("queue.metadata_written")
             with self._locked():
+                if self._json(entry_id).exists():
+                    raise FileExistsError(f"queue entry {entry_id} exists")
                 os.rename(eml_tmp, self._eml(entry_id))
+                crash_point("queue.message_renamed")
                 os.rename(json_tmp, self._json(entry_id))
+                crash_point("queue.metadata_renamed")
                 fsync_dir(self.msg_dir)
+                crash_point("queue.enqueued")
+        except FileExistsError as error:
+            message.abort()
+            json_tmp.unlink(missing_ok=True)
+            raise QueueError(f"cannot queue the message: {error}") from None
         except OSError as error:
             for path in (eml_tmp, json_tmp, self._json(entry_id), self._eml(entry_id)):
                 path.unlink(missing_ok=True)
@@ -160,8 +224,13 @@ class OutboundQueue:
         return sorted(found, key=lambda entry: (entry.created, entry.id))
 
     def due(self, now: float) -> list[QueueEntry]:
-        """The entries whose next attempt is due at ``now``, the longest-waiting first."""
-        ready = [entry for entry in self.entries() if entry.next_attempt <= now]
+        """The entries whose next attempt is due at ``now``, and those with a pending bounce
+        (whenever due), the longest-waiting first."""
+        ready = [
+            entry
+            for entry in self.entries()
+            if entry.next_attempt <= now or entry.bounce is not None
+        ]
         return sorted(ready, key=lambda entry: (entry.next_attempt, entry.id))
 
     def get(self, entry_id: str) -> QueueEntry:
@@ -201,7 +270,8 @@ class OutboundQueue:
         ``failed``: {recipient: reply text} of recipients that failed temporarily and stay.
         ``next_attempt``: when to try the remaining recipients again; None means never (the
         caller gave up, e.g. on expiry, and bounced them): the entry is removed.  The entry is
-        removed too when no recipient is left.  Raise NoSuchEntry if it is gone."""
+        removed too when no recipient is left (and no bounce is pending).  Raise NoSuchEntry
+        if it is gone."""
         with self._locked():
             entry = self.get(entry_id)
             done = {address.lower() for address in delivered}
@@ -214,10 +284,49 @@ class OutboundQueue:
             entry.attempts += 1
             if failed:
                 entry.last_error = "; ".join(f"{r}: {text}" for r, text in failed.items())
-            if not entry.recipients or next_attempt is None:
+            if (not entry.recipients or next_attempt is None) and entry.bounce is None:
                 self._remove(entry_id)
                 return None
-            entry.next_attempt = next_attempt
+            if next_attempt is not None:
+                entry.next_attempt = next_attempt
+            self._rewrite(entry, ("queue.attempt_written", "queue.attempt_renamed"))
+            crash_point("queue.attempt_recorded")
+            return entry
+
+    def fail_recipients(
+        self, entry_id: str, recipients: list[str], bounce: PendingBounce | None
+    ) -> QueueEntry | None:
+        """Durably give up on ``recipients`` (failed for good), recording ``bounce`` if given
+        (a bounce pending already is kept).
+
+        The entry is removed if nothing is left (no recipient, no bounce); return it as it is
+        now, or None then.  Raise QueueError if a bounce is pending already (finish it with
+        ``bounce_done`` first), NoSuchEntry if the entry is gone."""
+        with self._locked():
+            entry = self.get(entry_id)
+            if bounce is not None and entry.bounce is not None:
+                raise QueueError(f"queue entry {entry_id} has a bounce pending already")
+            done = {address.lower() for address in recipients}
+            entry.recipients = [r for r in entry.recipients if r.lower() not in done]
+            entry.errors = {r: text for r, text in entry.errors.items() if r in entry.recipients}
+            if bounce is not None:
+                entry.bounce = bounce
+            if not entry.recipients and entry.bounce is None:
+                self._remove(entry_id)
+                return None
+            self._rewrite(entry)
+            crash_point("bounce.recorded" if bounce is not None else "")
+            return entry
+
+    def bounce_done(self, entry_id: str) -> QueueEntry | None:
+        """Durably forget the entry's pending bounce (it was delivered); remove the entry if no
+        recipient is left.  Return the entry, or None if removed; raise NoSuchEntry."""
+        with self._locked():
+            entry = self.get(entry_id)
+            entry.bounce = None
+            if not entry.recipients:
+                self._remove(entry_id)
+                return None
             self._rewrite(entry)
             return entry
 
@@ -270,10 +379,13 @@ class OutboundQueue:
             raise QueueError(f"cannot list the queue: {error}") from None
         return [name[:-5] for name in names if name.endswith(".json") and _ID.match(name[:-5])]
 
-    def _rewrite(self, entry: QueueEntry) -> None:
-        """Atomically and durably replace the metadata of ``entry``."""
+    def _rewrite(self, entry: QueueEntry, crash_steps: tuple[str, str] = ("", "")) -> None:
+        """Atomically and durably replace the metadata of ``entry`` (``msg/`` may be large and
+        ``_recover`` removes temp files left by a crash, so the write does not sweep)."""
+        path = self._json(entry.id)
         try:
-            replace_file(self._json(entry.id), _encode(entry), FILE_MODE, self._give_to_owner)
+            data = _encode(entry)
+            replace_file(path, data, FILE_MODE, self._give_to_owner, crash_steps, sweep=False)
         except OSError as error:
             raise QueueError(f"cannot update queue entry {entry.id}: {error}") from None
 
@@ -287,14 +399,17 @@ class OutboundQueue:
         """Unlink the metadata (the commit point), then the message; fsync the directory."""
         try:
             self._json(entry_id).unlink(missing_ok=True)
+            crash_point("queue.metadata_unlinked")
             self._eml(entry_id).unlink(missing_ok=True)
+            crash_point("queue.message_unlinked")
             fsync_dir(self.msg_dir)
+            crash_point("queue.removed")
         except OSError as error:
             raise QueueError(f"cannot remove queue entry {entry_id}: {error}") from None
 
     def _recover(self) -> None:
         """Remove incomplete enqueues (a .eml without .json), metadata rewrites cut short by
-        a crash, and stale files in tmp/."""
+        a crash, and files in tmp/ of processes that died (or an hour old)."""
         with self._locked():
             try:
                 names = set(os.listdir(self.msg_dir))
@@ -306,7 +421,10 @@ class OutboundQueue:
                         os.unlink(self.msg_dir / name)  # a metadata rewrite cut short
                 limit = time.time() - STALE_TMP_SECONDS
                 for name in os.listdir(self.tmp_dir):
-                    if os.stat(self.tmp_dir / name).st_mtime < limit:
+                    writer = _TMP_NAME.match(name)
+                    if writer is not None and process_gone(int(writer.group(1))):
+                        os.unlink(self.tmp_dir / name)
+                    elif os.stat(self.tmp_dir / name).st_mtime < limit:
                         os.unlink(self.tmp_dir / name)
                 fsync_dir(self.msg_dir)
             except OSError as error:
@@ -333,13 +451,16 @@ class QueuedMessage:
     It stays in memory up to ``MEMORY_SPOOL`` octets, then goes on in a file in ``tmp/``;
     ``commit`` makes it a durable queue entry, ``abort`` throws it away."""
 
-    def __init__(self, queue: OutboundQueue) -> None:
-        """Start an empty message for ``queue``."""
+    def __init__(self, queue: OutboundQueue, entry_id: str | None = None) -> None:
+        """Start an empty message for ``queue``, to be entry ``entry_id`` (default a new id)."""
         self._queue = queue
         #: The id the entry will have.
-        self.entry_id = f"{int(queue.clock() * 1000):x}-{os.urandom(8).hex()}"
+        self.entry_id = queue.new_id() if entry_id is None else entry_id
+        queue._eml(self.entry_id)  # validate: an id is never a path
         #: The message file in tmp/ (made when the message outgrows memory, or at commit).
-        self.path = queue.tmp_dir / f"{self.entry_id}.eml"
+        self.path = queue.tmp_dir / f"{self.entry_id}.{os.getpid()}.eml"
+        #: Its metadata's file in tmp/, until both are renamed into msg/.
+        self.metadata_path = queue.tmp_dir / f"{self.entry_id}.{os.getpid()}.json"
         self.size = 0
         self._spool: bytearray | None = bytearray()
         self._fd: int | None = None
@@ -427,7 +548,22 @@ def _decode(entry_id: str, text: str) -> QueueEntry:
             next_attempt=float(values["next_attempt"]),
             last_error=values.get("last_error"),
             errors={str(k): str(v) for k, v in values.get("errors", {}).items()},
+            bounce=_decode_bounce(values.get("bounce")),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise QueueError(f"queue entry {entry_id} has unreadable metadata: {error}") from None
     return entry
+
+
+def _decode_bounce(values: dict | None) -> PendingBounce | None:
+    """The pending bounce of metadata (absent from entries that never had one)."""
+    if values is None:
+        return None
+    queue_id = values.get("queue_id")
+    return PendingBounce(
+        failures={str(k): str(v) for k, v in values["failures"].items()},
+        expired=bool(values["expired"]),
+        message_id=str(values["message_id"]),
+        marks={str(k): int(v) for k, v in values.get("marks", {}).items()},
+        queue_id=None if queue_id is None else str(queue_id),
+    )

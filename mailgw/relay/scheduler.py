@@ -13,6 +13,15 @@ destination, and then:
   sender's INBOX when the sender is local, else into the queue from the null sender; a message
   from the null sender is never bounced.
 
+A bounce goes exactly once, crash or not.  It is first recorded in the entry as a
+``PendingBounce`` (with its Message-ID, and the sender's INBOX UIDNEXT or the bounce's own
+queue id), its recipients dropped from the entry; then delivered; then forgotten
+(``bounce_done``), which removes the entry if nothing is left.  After a crash between the
+two, the next scan finds the pending bounce before any other attempt and delivers it only to
+the mailboxes that hold no message with its Message-ID above the recorded UIDNEXT (or queues
+it only if its queue entry does not exist): the refusing server is never asked again, and the
+sender never gets it twice.
+
 Time comes from ``clock`` (the reactor, or ``twisted.internet.task.Clock`` in tests); the queue
 and the store are called in threads, since they fsync.
 """
@@ -26,12 +35,13 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from mailgw.crashpoint import crash_point
 from mailgw.recipients import PostmasterUnavailable, UnknownRecipient
 from mailgw.relay import RelaySettings
-from mailgw.relay.bounce import make_bounce
+from mailgw.relay.bounce import bounce_message_id, make_bounce
 from mailgw.relay.client import ClientSettings, Envelope, Outcome, RecipientResult, deliver
 from mailgw.relay.dns import SMTP_PORT, Destination, RouteError, destinations
-from mailgw.relay.queue import NoSuchEntry, QueueEntry, QueueError
+from mailgw.relay.queue import NoSuchEntry, PendingBounce, QueueEntry, QueueError
 
 log = Logger()
 
@@ -186,16 +196,26 @@ class RelayScheduler:
         except QueueError as error:
             log.error("Relay: cannot read the queue: {error}", error=str(error))
             return
-        attempts = []
-        for entry in due:
-            if entry.id in self._in_flight:
-                continue
-            self._in_flight.add(entry.id)
-            attempts.append(defer.ensureDeferred(self._attempt(entry)))
-        await defer.DeferredList(attempts, consumeErrors=True)
+        # Pending bounces (left by a crash) first: one going into the queue must be found
+        # there, not already delivered by an attempt of this scan.
+        for batch in (
+            [entry for entry in due if entry.bounce is not None],
+            [entry for entry in due if entry.bounce is None],
+        ):
+            attempts = []
+            for entry in batch:
+                if entry.id in self._in_flight:
+                    continue
+                self._in_flight.add(entry.id)
+                attempts.append(defer.ensureDeferred(self._attempt(entry)))
+            await defer.DeferredList(attempts, consumeErrors=True)
 
     async def _attempt(self, entry: QueueEntry) -> None:
         try:
+            if entry.bounce is not None:
+                entry = await self._send_bounce(entry, entry.bounce)
+                if entry is None or entry.next_attempt > self.clock.seconds():
+                    return
             groups: dict[str, list[str]] = {}
             for recipient in entry.recipients:
                 groups.setdefault(self.relay.key(recipient), []).append(recipient)
@@ -249,29 +269,59 @@ class RelayScheduler:
         now = self.clock.seconds()
         expired = bool(temporary) and now - entry.created >= self.settings.max_age
         if permanent:
-            await self._bounce(entry, permanent, expired=False)
+            await self._give_up(entry, permanent, expired=False)
         if expired:
             log.warn("Relay: queue entry {id} expired; bouncing it", id=entry.id)
-            await self._bounce(entry, temporary, expired=True)
-            await deferToThread(
-                self.queue.record_attempt, entry.id, {}, [*permanent, *temporary], None
-            )
-            return
-        next_attempt = now + backoff(entry.attempts + 1)
-        await deferToThread(
-            self.queue.record_attempt, entry.id, temporary, list(permanent), next_attempt
-        )
+            await self._give_up(entry, temporary, expired=True)
+        elif temporary:
+            next_attempt = now + backoff(entry.attempts + 1)
+            await deferToThread(self.queue.record_attempt, entry.id, temporary, [], next_attempt)
 
-    async def _bounce(self, entry: QueueEntry, failures: dict[str, str], expired: bool) -> None:
-        """Tell the sender; nothing for the null sender (a bounce never bounces)."""
+    async def _give_up(self, entry: QueueEntry, failures: dict[str, str], expired: bool) -> None:
+        """Drop ``failures``' recipients from the entry and tell the sender (see the module);
+        nothing for the null sender (a bounce never bounces)."""
         if not entry.sender:
             log.info("Relay: no bounce for queue entry {id} (null sender)", id=entry.id)
+            await deferToThread(self.queue.fail_recipients, entry.id, list(failures), None)
             return
-        headers = await deferToThread(self._headers, entry.id)
-        data = make_bounce(entry, headers, failures, self.context.hostname, expired)
-        if await deferToThread(self._deliver_bounce, entry, data):
-            self.poke()
+        bounce = await deferToThread(self._plan_bounce, entry, failures, expired)
+        await deferToThread(self.queue.fail_recipients, entry.id, list(failures), bounce)
+        if bounce is not None:
+            await self._send_bounce(entry, bounce)
+
+    def _plan_bounce(
+        self, entry: QueueEntry, failures: dict[str, str], expired: bool
+    ) -> PendingBounce | None:
+        """Where the bounce of ``failures`` goes, before it goes (in a thread); None when the
+        sender's local address no longer exists."""
+        message_id = bounce_message_id(entry, self.context.hostname)
+        recipients = self.context.recipients
+        if not recipients.is_local(_domain(entry.sender)):
+            queue_id = self.queue.new_id()
+            return PendingBounce(dict(failures), expired, message_id, queue_id=queue_id)
+        try:
+            users = recipients.resolve(entry.sender)
+        except (UnknownRecipient, PostmasterUnavailable):
+            log.warn(
+                "Relay: bounce of {id} dropped: <{to}> is no longer a local address",
+                id=entry.id,
+                to=entry.sender,
+            )
+            return None
+        store = self.context.store
+        marks = {user: store.folder(user).uid_next for user in users}
+        return PendingBounce(dict(failures), expired, message_id, marks=marks)
+
+    async def _send_bounce(self, entry: QueueEntry, bounce: PendingBounce) -> QueueEntry | None:
+        """Deliver the pending ``bounce`` of ``entry`` where it is not yet, then forget it;
+        return the entry as it is then, or None if it is gone."""
+        queued = await deferToThread(self._deliver_bounce, entry, bounce)
+        crash_point("bounce.delivered")
         log.info("Relay: bounced queue entry {id} to <{to}>", id=entry.id, to=entry.sender)
+        left = await deferToThread(self.queue.bounce_done, entry.id)
+        if queued:
+            self.poke()
+        return left
 
     def _headers(self, entry_id: str) -> bytes:
         """The header section of a queued message (bounded), for the bounce to quote."""
@@ -280,26 +330,44 @@ class RelayScheduler:
         end = head.find(b"\r\n\r\n")
         return head if end < 0 else head[: end + 2]
 
-    def _deliver_bounce(self, entry: QueueEntry, data: bytes) -> bool:
-        """Into the local sender's INBOX, or queued from the null sender (in a thread); return
-        whether it was queued."""
-        recipients = self.context.recipients
-        if recipients.is_local(_domain(entry.sender)):
-            try:
-                users = recipients.resolve(entry.sender)
-            except (UnknownRecipient, PostmasterUnavailable):
-                log.warn(
-                    "Relay: bounce of {id} dropped: <{to}> is no longer a local address",
-                    id=entry.id,
-                    to=entry.sender,
-                )
+    def _deliver_bounce(self, entry: QueueEntry, bounce: PendingBounce) -> bool:
+        """Into the local sender's INBOX(es) that lack it, or queued from the null sender unless
+        it is already (in a thread); return whether it was queued."""
+        headers = self._headers(entry.id)
+        host = self.context.hostname
+        data = make_bounce(
+            entry, headers, bounce.failures, host, bounce.expired, message_id=bounce.message_id
+        )
+        if bounce.queue_id is not None:
+            if self.queue.has(bounce.queue_id):
                 return False
+            self.queue.enqueue(data, "", [entry.sender], entry_id=bounce.queue_id)
+            return True
+        users = [
+            user
+            for user, mark in bounce.marks.items()
+            if not self._holds(user, mark, bounce.message_id)
+        ]
+        if users:
             message = self.context.store.incoming()
             message.write(data)
             message.commit(users)
-            return False
-        self.queue.enqueue(data, "", [entry.sender])
-        return True
+        return False
+
+    def _holds(self, user: str, mark: int, message_id: str) -> bool:
+        """Does ``user``'s INBOX hold a message with ``message_id`` at a UID from ``mark`` on?"""
+        folder = self.context.store.folder(user)
+        wanted = f"message-id: {message_id}".encode().lower()
+        for info in folder.messages():
+            if info.uid < mark:
+                continue
+            with folder.open_message(info.uid) as stream:
+                head = stream.read(MAX_BOUNCE_HEADERS)
+            end = head.find(b"\r\n\r\n")
+            lines = (head if end < 0 else head[:end]).lower().split(b"\r\n")
+            if wanted in (line.strip() for line in lines):
+                return True
+        return False
 
 
 def _reason(result: RecipientResult) -> str:
