@@ -10,6 +10,9 @@ everybody out.  A missing file means no users.
 Writes hold an ``fcntl`` lock on ``<file>.lock`` (serialising the admin command and servers),
 re-read the file, write a temporary file in the same directory, fsync it, rename it over the
 file and fsync the directory.  The file is mode 0600 and never holds a plaintext password.
+A crash leaves nothing that stops the next write: the lock is released with the process (its
+empty file stays), and a temp file it left (``.<file>.<pid>.<thread>.tmp``) is removed by the
+next write (``mailgw.durable.remove_stale_temps``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from mailgw.auth.passwd import (
     parse_text,
     split_scheme,
 )
+from mailgw.crashpoint import crash_point
 from mailgw.durable import replace_file
 
 log = Logger()
@@ -262,7 +266,9 @@ class PasswdFileUserDatabase:
                 self.path,
                 text.encode("utf-8"),
                 prepare=partial(_give_to_directory_owner, directory=directory),
+                crash_steps=("passwd.temp_written", "passwd.renamed"),
             )
+            crash_point("passwd.dir_synced")
         finally:
             os.close(lock_fd)
         log.info("passwd-file {path} rewritten", path=str(self.path))
