@@ -31,9 +31,12 @@ STEPS: dict[str, str] = {
     "append.indexed": "UID line appended and fsync'd, file still in tmp/",
     "append.renamed": "file renamed into new/ or cur/, that directory not yet fsync'd",
     "append.dir_synced": "new/ or cur/ fsync'd: the message durable; not yet answered",
-    # Flag changes (IMAP STORE, and FETCH of a body, which sets \\Seen).
+    # Flag changes (IMAP STORE, and FETCH of a body, which sets \\Seen); a new keyword is first
+    # added to the folder's keyword table (dovecot-keywords).
     "flags.renamed": "file renamed to its new flags in cur/, directories not yet fsync'd",
     "flags.dir_synced": "cur/ (and new/) fsync'd: the new flags durable; not yet answered",
+    "keywords.written": "keyword table with a new keyword fsync'd in its temp file, not renamed",
+    "keywords.renamed": "keyword table renamed into place, no message renamed to use it yet",
     # IMAP SELECT claiming \\Recent: messages moved from new/ to cur/, flags unchanged.
     "recent.moved": "one message renamed from new/ to cur/, the others and the fsync not yet",
     "recent.dir_synced": "new/ and cur/ fsync'd after moving the claimed messages",

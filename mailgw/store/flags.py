@@ -114,7 +114,12 @@ class Keywords:
     def _save(self) -> None:
         text = "".join(f"{i} {name}\n" for i, name in enumerate(self._names) if name is not None)
         try:
-            replace_file(self._path, text.encode("utf-8"), FILE_MODE)
+            replace_file(
+                self._path,
+                text.encode("utf-8"),
+                FILE_MODE,
+                crash_steps=("keywords.written", "keywords.renamed"),
+            )
         except OSError as e:
             raise store_error("cannot save the keyword table", e) from e
         st = os.stat(self._path)
