@@ -54,6 +54,14 @@ LIMIT_MINIMUMS = {
     "imap_idle_timeout": 1800,  # RFC 3501 5.4
 }
 
+#: [limits] caps that cannot be more than another limit they are part of: per-IP connections
+#: are part of a listener's connections, one user's sessions from one IP part of all of them.
+CAPPED_BY = {
+    "connections_per_ip": "connections",
+    "smtp_connections_per_ip": "connections",
+    "sessions_per_user_ip": "sessions_per_user",
+}
+
 #: [guard] keys for which 0 is meaningful (no delay); every other number must be positive.
 ZERO_ALLOWED = frozenset({"delay_start", "delay_max"})
 
@@ -477,10 +485,15 @@ class _Reader:
         return certificate, key
 
     def limits(self) -> Limits:
-        """[limits], each key a Limits field, checked against its range."""
+        """[limits], each key a Limits field, checked against its range; a cap set above the
+        limit it is part of (CAPPED_BY) is refused, one left at its default is lowered to it."""
         values = {f.name: self.number("limits", f.name, f.default) for f in fields(Limits)}
-        if values["connections_per_ip"] > values["connections"]:
-            raise self.fail("limits", "connections_per_ip", "must not exceed connections")
+        for key, bound in CAPPED_BY.items():
+            if values[key] <= values[bound]:
+                continue
+            if self.raw("limits", key):
+                raise self.fail("limits", key, f"must not exceed {bound}")
+            values[key] = values[bound]
         return Limits(**values)
 
     def guard(self) -> GuardSettings:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from twisted.cred.portal import Portal
 
+from mailgw.sessions import UserSessions
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -40,11 +42,19 @@ class Limits:
     command_line: int = 8192
     #: IMAP literal size before login.
     imap_literal_before_login: int = 8192
-    #: IMAP sessions logged in at once for one user (all IMAP listeners together).
-    imap_connections_per_user: int = 20
-    #: Connections at once, in all and from one client IP, per listener.
+    #: POP3 and IMAP sessions logged in at once for one user from one client IP, all POP3 and
+    #: IMAP listeners together (Dovecot's ``mail_max_userip_connections``, also 10).
+    sessions_per_user_ip: int = 10
+    #: POP3 and IMAP sessions logged in at once for one user from all addresses together, so
+    #: that one account (a leaked password used from many addresses) cannot fill a listener.
+    sessions_per_user: int = 50
+    #: Connections at once per listener, in all and from one client IP (before any login): an
+    #: office behind one NAT address needs the per-IP cap well above one user's needs.
     connections: int = 500
-    connections_per_ip: int = 20
+    connections_per_ip: int = 200
+    #: Connections at once from one client IP on the MX listener (smtp, port 25), in place of
+    #: ``connections_per_ip`` (Postfix's ``smtpd_client_connection_count_limit``, also 50).
+    smtp_connections_per_ip: int = 50
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,8 @@ class ServerContext:
     #: The outbound queue (``mailgw.relay.queue.OutboundQueue``) that the submission services
     #: put mail for other domains into; None: such mail is refused (554 5.7.1).
     queue: object | None = None
+    #: The logged-in POP3 and IMAP sessions, shared by all their listeners (per-user limits).
+    user_sessions: UserSessions = field(default_factory=UserSessions)
     #: Testing only (``mailgw.testing``; no configuration key sets it): the fault table the
     #: protocols consult at each step.  None in production.
     faults: object | None = None

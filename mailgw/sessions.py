@@ -1,29 +1,37 @@
 """Connection limits and session logging, shared by the SMTP, POP3 and IMAP listeners.
 
-Each protocol factory owns one ``SessionTracker`` (so the limits hold per listener) and asks it
-for a ``TrackedSession`` in ``buildProtocol``.  The tracker promises:
+Each protocol factory owns one ``SessionTracker`` (so the connection limits hold per listener)
+and asks it for a ``TrackedSession`` in ``buildProtocol``.  The tracker promises:
 
-- at most ``Limits.connections`` sessions at once on the listener, and at most
-  ``Limits.connections_per_ip`` from one client IP;
+- at most ``Limits.connections`` sessions at once on the listener, and at most its per-IP cap
+  from one client IP (``Limits.connections_per_ip``; the SMTP MX listener passes
+  ``Limits.smtp_connections_per_ip`` instead);
 - a connection over a limit is never dropped silently: it gets the protocol's own "too busy"
   reply (over TLS on an implicit-TLS listener), then the server closes it; a client that does
   not go away is cut off after ``REFUSAL_GRACE`` seconds.  Refused connections are not counted;
 - counts come back down when a session ends, however it ends (QUIT, timeout, reset), and the
   per-IP table only holds IPs with open sessions, so its size is bounded by ``connections``;
+- after login, the POP3 and IMAP trackers (which share the server's ``UserSessions``) allow at
+  most ``Limits.sessions_per_user_ip`` logged-in sessions of one user from one client IP and
+  ``Limits.sessions_per_user`` of one user in all, POP3 and IMAP listeners (plain and TLS)
+  together; the login over a limit is refused with the protocol's own reply (the session stays
+  open, not logged in), and the count comes back down when the session ends, however it ends;
 - every admitted session logs one event when it starts (protocol, client ip:port, listener,
   TLS) and one when it ends (protocol, client, duration, the logged-in user if any, how it
   ended); a refusal logs one event.  Passwords never pass through here.  Login attempts
   themselves are logged by the credentials checker (``mailgw.auth.checker``).
 
 The protocol calls ``TrackedSession.connected`` from ``connectionMade``,
-``TrackedSession.logged_in`` after a successful login, optionally ``TrackedSession.closing`` to
-say why the server hangs up, and ``TrackedSession.ended`` from ``connectionLost``.  The transport
-is never wrapped, so the protocols still see ``ISSLTransport`` on TLS connections.
+``TrackedSession.logged_in`` after a successful login (and answers a refusal), optionally
+``TrackedSession.closing`` to say why the server hangs up, and ``TrackedSession.ended`` from
+``connectionLost``.  The transport is never wrapped, so the protocols still see
+``ISSLTransport`` on TLS connections.
 """
 
 from __future__ import annotations
 
-from twisted.internet import reactor
+from typing import TYPE_CHECKING
+
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
@@ -36,7 +44,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailgw.context import Limits
+if TYPE_CHECKING:  # mailgw.context imports this module for UserSessions
+    from mailgw.context import Limits
 
 log = Logger()
 
@@ -75,8 +84,57 @@ def set_no_delay(transport: object) -> bool:
     return True
 
 
+class UserSessions:
+    """The logged-in POP3 and IMAP sessions of one server, per user and per user and client IP.
+
+    One instance is shared by every POP3 and IMAP listener (``ServerContext.user_sessions``), so
+    its counts hold across protocols and across plain and TLS listeners.  Users are counted by
+    their canonical address.  Only users with open sessions are kept, so its size is bounded by
+    the sessions open."""
+
+    def __init__(self) -> None:
+        self._per_user: dict[str, int] = {}
+        self._per_user_ip: dict[tuple[str, str | None], int] = {}
+
+    def count(self, user: str, peer_ip: str | None = None) -> int:
+        """How many sessions ``user`` has logged in from ``peer_ip``, or in all (None)."""
+        if peer_ip is None:
+            return self._per_user.get(user, 0)
+        return self._per_user_ip.get((user, peer_ip), 0)
+
+    def admit(self, user: str, peer_ip: str | None, limits: Limits) -> str | None:
+        """Count a login of ``user`` from ``peer_ip`` if ``limits`` allow it and return None;
+        else count nothing and return why not, as a sentence for the client."""
+        key = (user, peer_ip)
+        if peer_ip is not None and self._per_user_ip.get(key, 0) >= limits.sessions_per_user_ip:
+            return (
+                f"Too many sessions for this user from this address "
+                f"({limits.sessions_per_user_ip} at most)"
+            )
+        if self._per_user.get(user, 0) >= limits.sessions_per_user:
+            return f"Too many sessions for this user ({limits.sessions_per_user} at most)"
+        self._per_user[user] = self._per_user.get(user, 0) + 1
+        self._per_user_ip[key] = self._per_user_ip.get(key, 0) + 1
+        return None
+
+    def release(self, user: str, peer_ip: str | None) -> None:
+        """Uncount a login admitted for ``user`` from ``peer_ip``."""
+        _decrement(self._per_user, user)
+        _decrement(self._per_user_ip, (user, peer_ip))
+
+
+def _decrement(counts: dict, key: object) -> None:
+    left = counts.pop(key) - 1
+    if left > 0:
+        counts[key] = left
+
+
 class SessionTracker:
-    """Counts one listener's open sessions, in all and per client IP, and hands out Sessions."""
+    """Counts one listener's open sessions, in all and per client IP, and hands out Sessions.
+
+    ``per_ip`` is the cap from one client IP (default ``limits.connections_per_ip``).  With
+    ``users``, logins of the sessions handed out are counted there against the per-user
+    limits; without (SMTP), a login is only remembered for the end event."""
 
     def __init__(
         self,
@@ -84,12 +142,20 @@ class SessionTracker:
         protocol_name: str,
         busy_reply: bytes,
         clock: IReactorTime | None = None,
+        per_ip: int | None = None,
+        users: UserSessions | None = None,
     ) -> None:
+        if clock is None:  # imported here: importing mailgw.context must not install it
+            from twisted.internet import reactor as clock
         self.limits = limits
         self.protocol_name = protocol_name
         #: The complete wire reply (with CRLF) sent to a refused client.
         self.busy_reply = busy_reply
-        self.clock = clock if clock is not None else reactor
+        self.clock = clock
+        #: At most this many sessions at once from one client IP.
+        self.per_ip = per_ip if per_ip is not None else limits.connections_per_ip
+        #: The server's logged-in sessions per user, or None if logins are not limited here.
+        self.users = users
         self._total = 0
         self._per_ip: dict[str, int] = {}
 
@@ -108,7 +174,7 @@ class SessionTracker:
         if self._total >= self.limits.connections:
             return False
         if peer_ip is not None:
-            if self._per_ip.get(peer_ip, 0) >= self.limits.connections_per_ip:
+            if self._per_ip.get(peer_ip, 0) >= self.per_ip:
                 return False
             self._per_ip[peer_ip] = self._per_ip.get(peer_ip, 0) + 1
         self._total += 1
@@ -118,9 +184,7 @@ class SessionTracker:
         """Uncount a session admitted for ``peer_ip``."""
         self._total -= 1
         if peer_ip is not None:
-            left = self._per_ip.pop(peer_ip) - 1
-            if left > 0:
-                self._per_ip[peer_ip] = left
+            _decrement(self._per_ip, peer_ip)
 
     def _over(self, peer_ip: str | None) -> str:
         if self._total >= self.limits.connections:
@@ -156,6 +220,8 @@ class TrackedSession:
         self.client = client
         #: The login name of the last successful login in this session, or None.
         self.user: str | None = None
+        #: The account counted in the tracker's UserSessions for this session, or None.
+        self._account: str | None = None
         self._transport: object | None = None
         self._started = tracker.clock.seconds()
         self._why: str | None = None
@@ -176,9 +242,47 @@ class TrackedSession:
             session_event="start",
         )
 
-    def logged_in(self, user: str) -> None:
-        """Remember who logged in, for the end event."""
+    def logged_in(self, user: str, account: str | None = None) -> str | None:
+        """Count the login of ``account`` (its canonical address; default ``user``) against the
+        per-user limits and remember ``user`` for the end event; None if it is admitted.
+
+        Otherwise nothing is counted, the refusal is logged, and the reason is returned as a
+        sentence for the protocol's reply (the caller logs the avatar out).  A login after the
+        session ended is refused too, so a login that completes after a disconnect never
+        leaves a count behind.  Without ``UserSessions`` (SMTP) every login is admitted."""
+        self.logged_out()
+        if not self._open:
+            return "The session has ended"
+        users = self._tracker.users
+        if users is not None:
+            account = account if account is not None else user
+            why = users.admit(account, self._peer_ip, self._tracker.limits)
+            if why is not None:
+                log.warn(
+                    "{protocol} login of {user} from {client} refused: {why}",
+                    protocol=self._tracker.protocol_name,
+                    user=user,
+                    client=self.client,
+                    why=why,
+                    session_event="login_refused",
+                )
+                return why
+            self._account = account
         self.user = user
+        return None
+
+    def logged_out(self) -> None:
+        """Undo ``logged_in`` (a login that could not complete); nothing if none is counted."""
+        if self._uncount():
+            self.user = None
+
+    def _uncount(self) -> bool:
+        """Give the counted login back, if there is one; True if there was."""
+        account, self._account = self._account, None
+        if account is None:
+            return False
+        self._tracker.users.release(account, self._peer_ip)
+        return True
 
     def closing(self, why: str) -> None:
         """Say why the server is about to hang up (e.g. "idle timeout"), for the end event."""
@@ -191,6 +295,7 @@ class TrackedSession:
             return
         self._open = False
         self._tracker.release(self._peer_ip)
+        self._uncount()
         log.info(
             "{protocol} session {client} ended ({how}) after {duration:.1f} s, {login}",
             protocol=self._tracker.protocol_name,

@@ -109,6 +109,9 @@ command_line = 4096
 imap_literal_before_login = 1024
 connections = 30
 connections_per_ip = 3
+smtp_connections_per_ip = 2
+sessions_per_user_ip = 4
+sessions_per_user = 8
 
 [guard]
 delay_start = 0
@@ -152,6 +155,9 @@ block_seconds = 60
         imap_literal_before_login=1024,
         connections=30,
         connections_per_ip=3,
+        smtp_connections_per_ip=2,
+        sessions_per_user_ip=4,
+        sessions_per_user=8,
     )
     assert isinstance(config.limits.message_size, int)
     assert isinstance(config.limits.pop3_idle_timeout, float)
@@ -176,6 +182,23 @@ def test_minimal_file_gets_the_defaults(tmp_path: Path, monkeypatch: pytest.Monk
     assert config.relay == RelaySettings(smarthost=None, smarthost_tls="required")
     assert config.relay.verify_certificates and config.relay.max_age == 5 * 86400
     assert config.queue_dir == Path("/srv/mail/queue")
+
+
+def test_connection_defaults_fit_an_office_behind_one_address() -> None:
+    """Dovecot's 10 sessions per user and address, Postfix's 50 per client on the MX port, and
+    room for an office behind one NAT address before login."""
+    limits = Limits()
+    assert (limits.sessions_per_user_ip, limits.sessions_per_user) == (10, 50)
+    assert (limits.connections, limits.connections_per_ip) == (500, 200)
+    assert limits.smtp_connections_per_ip == 50
+    assert 15 * 5 <= limits.connections_per_ip  # fifteen Thunderbirds, five connections each
+
+
+def test_unset_caps_are_lowered_to_the_limit_they_are_part_of(tmp_path: Path) -> None:
+    text = BASE + "\n[limits]\nconnections = 40\nsessions_per_user = 4\n"
+    limits = load_config(write(tmp_path, text)).limits
+    assert limits.connections_per_ip == limits.smtp_connections_per_ip == 40
+    assert limits.sessions_per_user_ip == 4
 
 
 def test_empty_recipient_delimiter_disables_subaddresses(tmp_path: Path) -> None:
@@ -246,6 +269,22 @@ def assert_error(path: Path, where: str, *fragments: str) -> None:
             "[limits]\nconnections = 10\nconnections_per_ip = 11\n",
             "[limits] connections_per_ip",
             "must not exceed",
+        ),
+        (
+            "[limits]\nconnections = 10\nsmtp_connections_per_ip = 11\n",
+            "[limits] smtp_connections_per_ip",
+            "must not exceed connections",
+        ),
+        (
+            "[limits]\nsessions_per_user = 5\nsessions_per_user_ip = 6\n",
+            "[limits] sessions_per_user_ip",
+            "must not exceed sessions_per_user",
+        ),
+        ("[limits]\nsessions_per_user_ip = 0\n", "[limits] sessions_per_user_ip", "positive"),
+        (
+            "[limits]\nimap_connections_per_user = 20\n",
+            "[limits] imap_connections_per_user",
+            "unknown key",
         ),
         ("[guard]\ndelay_start = -1\n", "[guard] delay_start", "negative"),
         ("[guard]\nmax_failures = 0\n", "[guard] max_failures", "positive"),

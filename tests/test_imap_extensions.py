@@ -257,10 +257,11 @@ def test_sequence_numbers_beyond_the_mailbox_get_bad(port):
     client.logout()
 
 
-def test_connections_per_user_limit(tmp_path):
-    """One session more than imap_connections_per_user gets NO [LIMIT]; after a logout it works."""
+def test_sessions_per_user_limit(tmp_path):
+    """One session more than sessions_per_user gets NO [LIMIT]; after a logout it works."""
     config = make_config(tmp_path / "data")
-    srv = LiveServer(dataclasses.replace(config, limits=Limits(imap_connections_per_user=2)))
+    limits = Limits(sessions_per_user=2, sessions_per_user_ip=2)
+    srv = LiveServer(dataclasses.replace(config, limits=limits))
     try:
         srv.add_user(ALICE, PASSWORD)
         port = srv.listen(make_factory)

@@ -74,10 +74,10 @@ def kind(request) -> Kind:
 
 @pytest.fixture
 def limited(tmp_path: Path):
-    """A LiveServer allowing 3 connections per listener, 2 from one IP; alice exists."""
-    srv = LiveServer(
-        make_config(tmp_path / "d", limits=Limits(connections=3, connections_per_ip=2))
-    )
+    """A LiveServer allowing 3 connections per listener, 2 from one IP (on the MX listener
+    too); alice exists."""
+    limits = Limits(connections=3, connections_per_ip=2, smtp_connections_per_ip=2)
+    srv = LiveServer(make_config(tmp_path / "d", limits=limits))
     srv.add_user(ALICE, PASSWORD)
     yield srv
     srv.close()

@@ -15,7 +15,9 @@ writers) and extends or replaces where it falls short:
   overflowing sizes get BAD); over the limit a synchronising literal gets BAD with no
   continuation, a non-synchronising one closes the connection; every ``arg_*`` parser named in
   Twisted's command tables is looked up on this class, so the overrides here apply everywhere;
-- connections per user (``imap_connections_per_user``): one more login gets ``NO [LIMIT]``;
+- sessions per user and client address (``sessions_per_user_ip``) and per user
+  (``sessions_per_user``), counted with POP3's by ``mailgw.sessions``: one more login gets
+  ``NO [LIMIT]`` (RFC 5530) and the session stays unauthenticated;
 - SELECT reports UIDNEXT, PERMANENTFLAGS (with ``\\*``) and UNSEEN; changes made elsewhere are
   reported as EXPUNGE/EXISTS/FETCH just before a tagged reply where RFC 3501 7.4.1 allows (never
   EXPUNGE while answering FETCH, STORE or SEARCH, with or without UID), or at once in IDLE (the
@@ -84,7 +86,6 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
         self._literalStringLimit = context.limits.command_line
         self._idle_tag = None
         self._sasl_tag = None
-        self._user: str | None = None
 
     # -- connection life cycle ----------------------------------------------------------
 
@@ -94,11 +95,8 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
         _Server.connectionMade(self)
 
     def connectionLost(self, reason) -> None:
-        """Log the session end; log out."""
+        """Log the session end (which uncounts its login); log out."""
         self.tracked.ended(reason)
-        if self._user is not None:
-            self.factory.logged_out(self._user)
-            self._user = None
         _Server.connectionLost(self, reason)
 
     def timeoutConnection(self) -> None:
@@ -215,14 +213,13 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
 
     def _logged_in(self, result, tag, user):
         _, avatar, logout = result
-        if not self.factory.logged_in(avatar.address):
+        refused = self.tracked.logged_in(user.decode("utf-8"), avatar.address)
+        if refused is not None:
             logout()
-            self.sendNegativeResponse(tag, b"[LIMIT] Too many sessions for this user")
+            self.sendNegativeResponse(tag, b"[LIMIT] " + refused.encode("ascii"))
             return
-        self._user = avatar.address
         self.account = avatar
         self._onLogout = logout
-        self.tracked.logged_in(user.decode("utf-8"))
         self.state = "auth"
         avatar.prepare().addErrback(self._prepare_failed).addCallback(
             lambda _: self.sendPositiveResponse(tag, b"LOGIN completed")
@@ -466,10 +463,6 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
             self.mbox.sync(allow_expunge=True)
 
 
-#: Logged-in IMAP sessions per user, per ServerContext (shared by the imap and imaps listeners).
-_USER_SESSIONS: dict[int, dict[str, int]] = {}
-
-
 class IMAPFactory(ServerFactory):
     """Builds an IMAPServer per connection, all sharing one ServerContext."""
 
@@ -478,22 +471,7 @@ class IMAPFactory(ServerFactory):
     def __init__(self, context: ServerContext) -> None:
         self.context = context
         busy = f"* BYE [UNAVAILABLE] {BUSY_TEXT}\r\n".encode("ascii")
-        self.sessions = SessionTracker(context.limits, "imap", busy)
-
-    def logged_in(self, address: str) -> bool:
-        """Count a session of ``address``; False (not counted) if it has too many already."""
-        counts = _USER_SESSIONS.setdefault(id(self.context), {})
-        if counts.get(address, 0) >= self.context.limits.imap_connections_per_user:
-            return False
-        counts[address] = counts.get(address, 0) + 1
-        return True
-
-    def logged_out(self, address: str) -> None:
-        """A session counted by ``logged_in`` ended."""
-        counts = _USER_SESSIONS.get(id(self.context), {})
-        counts[address] = counts.get(address, 1) - 1
-        if counts[address] <= 0:
-            counts.pop(address, None)
+        self.sessions = SessionTracker(context.limits, "imap", busy, users=context.user_sessions)
 
     def buildProtocol(self, addr) -> IMAPServer | Protocol:
         """A new session, or a refusal when the connection limits are reached."""

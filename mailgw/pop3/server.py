@@ -18,6 +18,10 @@ Replaces, and why:
 - the maildrop is exclusive (Twisted takes no lock): login locks it (``lock``), a second login
   meanwhile gets ``-ERR [IN-USE]``, and the lock goes at the end of UPDATE (before the ``+OK``
   to QUIT), on disconnect and on timeout.
+- sessions per user and client address (``sessions_per_user_ip``) and per user
+  (``sessions_per_user``), counted together with IMAP's by ``mailgw.sessions`` (POP3 alone
+  can never reach them, having one session per maildrop): a login over one gets
+  ``-ERR [IN-USE]`` (RFC 2449/3206) before the maildrop is locked.
 - long operations: reading from the client is paused while one runs, so pipelined input stays
   bounded, and an unexpected failure answers ``-ERR`` instead of stalling the session.
 - limits: an over-long line gets ``-ERR`` before the disconnect; idle timeout from
@@ -394,8 +398,11 @@ class POP3Session(POP3):
 
     def _logged_in(self, result: tuple, user: str) -> defer.Deferred:
         _interface, maildrop, logout = result
-        if self._lost:
+        refused = self.tracked.logged_in(user, maildrop.address)
+        if refused is not None:
             logout()
+            if not self._lost:
+                self.failResponse(IN_USE_CODE + refused)
             return defer.succeed(None)
         self._onLogout = logout
         d = deferToThread(maildrop.load)
@@ -407,12 +414,12 @@ class POP3Session(POP3):
             return
         self.mbox = maildrop
         count, octets = maildrop.stat()
-        self.tracked.logged_in(user)
         self.successResponse(
             f"{maildrop.address}'s maildrop has {_messages(count)} ({octets} octets)"
         )
 
     def _login_failed(self, failure: Failure, user: str) -> None:
+        self.tracked.logged_out()
         if failure.check(LoginFailed):
             self.failResponse(LOGIN_FAILED)
             return
@@ -633,7 +640,7 @@ class POP3Factory(protocol.ServerFactory):
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         busy = f"-ERR {SYS_TEMP_CODE}{BUSY_TEXT}\r\n".encode("ascii")
-        self.sessions = SessionTracker(ctx.limits, "pop3", busy)
+        self.sessions = SessionTracker(ctx.limits, "pop3", busy, users=ctx.user_sessions)
 
     def buildProtocol(self, addr: IAddress) -> POP3Session | protocol.Protocol:
         """Return a new session for a connection from ``addr``, or a refusal when the

@@ -615,10 +615,14 @@ class SMTPFactory(ServerFactory):
             context.users, tuple(sorted(context.domains))
         )
         busy = Reply(421, "4.7.0", f"{context.hostname} {BUSY_TEXT}")
+        limits = context.limits
         self.sessions = SessionTracker(
-            context.limits,
+            limits,
             "submission" if submission else "smtp",
             b"".join(line + b"\r\n" for line in busy.lines()),
+            # The MX port takes mail from other servers; submission serves the users, an office
+            # of them behind one NAT address.
+            per_ip=limits.connections_per_ip if submission else limits.smtp_connections_per_ip,
         )
 
     def buildProtocol(self, addr: object) -> SMTPServer | Protocol:
