@@ -215,3 +215,31 @@ def test_start_and_stop_in_reactor():
     in_reactor(server.stop_in_reactor)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((server.host, server.smtp_port or 1), timeout=1)
+
+
+@pytest.mark.parametrize("service", ["smtp", "submissions"])
+def test_start_returns_once_the_greeting_is_sent(service):
+    """A delayed greeting (over implicit TLS too) holds start() back; then clients are greeted
+    at once."""
+    import time
+
+    server = MailServer(services=(service,))
+    fault = server.fault("smtp", "connect", delay=0.5)
+    started = time.monotonic()
+    with server:
+        assert time.monotonic() - started >= 0.5 and fault.hits == 1
+        port = server.endpoints()[service]
+        with socket.create_connection((server.host, port), timeout=5) as raw:
+            if service == "submissions":
+                raw = server.ssl_context().wrap_socket(raw, server_hostname=server.host)
+            raw.settimeout(0.2)
+            assert raw.recv(4096).startswith(b"220 mx.example.test ESMTP")
+
+
+def test_start_names_the_listener_that_does_not_greet_in_time():
+    server = MailServer(services=("imap", "smtp"))
+    server.fault("smtp", "connect", delay=2, times=None)
+    with pytest.raises(TimeoutError, match=r"the smtp listener \(127\.0\.0\.1:\d+\) sent no gre"):
+        server.start(timeout=0.3)
+    assert server.data_dir is None and server.endpoints()["host"] == server.host
+    assert set(server.endpoints()) == {"host", "cafile"}  # stopped: no listener left

@@ -39,7 +39,7 @@ from twisted.python import threadable
 
 from mailgw import smtp
 from mailgw.auth.passwd import canonical_address
-from mailgw.config import SERVICES, Config
+from mailgw.config import IMPLICIT_TLS, SERVICES, Config
 from mailgw.context import GuardSettings, ServerContext
 from mailgw.recipients import CaptureAll
 from mailgw.service import MailgwService
@@ -259,13 +259,60 @@ class MailServer:
 
     # -- life cycle
 
-    def start(self) -> MailServer:
-        """Start on the reactor thread; return once every listener answers a connection."""
+    def start(self, timeout: float = 10.0) -> MailServer:
+        """Start on the reactor thread; return once every listener has sent its greeting.
+
+        Each listener is connected to (over TLS for the implicit-TLS ones, verified against
+        ``cafile``) and its greeting read, as aiosmtpd's ``Controller`` does.  If one has not
+        greeted within ``timeout`` seconds (all listeners together), or hangs up first, the
+        server is stopped and TimeoutError (or RuntimeError) names that listener."""
         ReactorThread.call(self.start_in_reactor)
-        for port in self._ports.values():
-            with socket.create_connection((self.host, port), timeout=5):
-                pass
+        deadline = time.monotonic() + timeout
+        try:
+            for name, port in self._ports.items():
+                self._await_greeting(name, port, deadline, timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _await_greeting(self, name: str, port: int, deadline: float, timeout: float) -> bytes:
+        """Connect to listener ``name`` and read its greeting (all of a multi-line SMTP 220)."""
+        where = f"the {name} listener ({self.host}:{port})"
+
+        def remaining() -> float:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"MailServer: {where} sent no greeting within {timeout} s")
+            return left
+
+        smtp_like = name in ("smtp", "submission", "submissions")
+        received = b""
+        try:
+            sock = socket.create_connection((self.host, port), timeout=remaining())
+            if name in IMPLICIT_TLS:
+                with sock:  # wrap_socket detaches sock on success; closes it if the TLS fails
+                    sock.settimeout(remaining())
+                    sock = self.ssl_context().wrap_socket(sock, server_hostname=self.host)
+            with sock:
+                while True:
+                    *lines, _partial = received.split(b"\r\n")
+                    if lines and not (smtp_like and lines[-1][3:4] == b"-"):
+                        return received
+                    sock.settimeout(remaining())
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        raise RuntimeError(
+                            f"MailServer: {where} closed the connection before its greeting"
+                            f" (received {received!r})"
+                        )
+                    received += chunk
+        except TimeoutError:
+            raise TimeoutError(
+                f"MailServer: {where} sent no greeting within {timeout} s (received {received!r})"
+            ) from None
+        except OSError as error:
+            raise RuntimeError(f"MailServer: {where} could not be reached: {error}") from error
 
     def stop(self) -> None:
         """Stop listening, close every connection, remove the temporary data directory."""
