@@ -42,7 +42,7 @@ STEPS: dict[str, str] = {
     "recent.dir_synced": "new/ and cur/ fsync'd after moving the claimed messages",
     # Expunge (IMAP EXPUNGE and CLOSE, MOVE's removal, POP3 QUIT deletions).
     "expunge.unlinked": "one message file unlinked, the others and the fsync not yet",
-    "expunge.dir_synced": "new/ and cur/ fsync'd after the unlinks; index not compacted yet",
+    "expunge.dir_synced": "the unlinked files' directories fsync'd; index not compacted yet",
     # Index compaction (when an expunge or scan leaves dead lines outnumbering live ones).
     "compact.written": "compacted index written and fsync'd in its temp file, not renamed",
     "compact.renamed": "compacted index renamed into place, the folder not yet fsync'd",
