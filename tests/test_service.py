@@ -199,6 +199,25 @@ def test_listeners_bind_before_any_file_is_created(tmp_path: Path) -> None:
     assert all(refused(port) for port in ports.values())
 
 
+def test_a_killed_servers_ports_file_and_its_temp_are_replaced(tmp_path: Path) -> None:
+    """SIGKILL leaves the ports file of the dead server (and, killed while writing it, its
+    temp file): the next start removes both before binding and writes its own."""
+    config = make_config(tmp_path / "data", listen={"smtp": LOOPBACK}, ports_file=tmp_path / "p")
+    child = [sys.executable, "-c", "import os; print(os.getpid())"]
+    dead = subprocess.run(child, text=True, capture_output=True, check=True).stdout.strip()
+    config.ports_file.write_text('{"smtp": 1}\n')
+    temp = tmp_path / f".p.{dead}.tmp"
+    temp.write_text('{"smtp": ')
+    service = MailgwService(config, reactor)
+    in_reactor(service.startService)
+    try:
+        bound = in_reactor(lambda: service.ready)
+        assert json.loads(config.ports_file.read_text()) == bound != {"smtp": 1}
+        assert not temp.exists()
+    finally:
+        in_reactor(service.stopService)
+
+
 def test_a_stopped_service_starts_again_on_its_ports(tmp_path: Path) -> None:
     port = free_port()
     config = make_config(tmp_path / "data", listen={"smtp": f"tcp:{port}:interface=127.0.0.1"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import ssl
 import stat
@@ -65,6 +66,35 @@ def test_damaged_generated_files_are_replaced(tmp_path: Path) -> None:
     served = served_certificate(load_or_create_tls(config))
     assert x509.load_pem_x509_certificate(cert_path.read_bytes()) == served
     assert serialization.load_pem_private_key(key_path.read_bytes(), None)
+
+
+def test_a_start_killed_while_generating_does_not_stop_the_next(tmp_path: Path) -> None:
+    """Killed between the key's rename and the certificate's (a new key beside the old
+    certificate), with half-written temp files of the next pair: the next start makes a new
+    pair and removes the dead start's temp files (one holds a private key)."""
+    config = make_config(tmp_path / "data")
+    load_or_create_tls(config)
+    cert_path, key_path = generated_paths(config)
+    new_key, _ = self_signed(config.hostname)
+    key_path.write_bytes(
+        new_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    temps = [path.with_name(f".{path.name}.{dead}.tmp") for path in (key_path, cert_path)]
+    for temp in temps:
+        temp.write_bytes(b"-----BEGIN ")
+    served = served_certificate(load_or_create_tls(config))
+    assert x509.load_pem_x509_certificate(cert_path.read_bytes()) == served
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    assert key.public_key() == served.public_key()
+    assert not any(temp.exists() for temp in temps)
 
 
 def test_configured_certificate_is_served_and_checked(tmp_path: Path) -> None:
