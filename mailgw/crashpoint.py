@@ -51,7 +51,7 @@ STEPS: dict[str, str] = {
     "queue.metadata_written": "metadata written and fsync'd in queue/tmp/, nothing in msg/ yet",
     "queue.message_renamed": "message renamed into msg/, its metadata not (an incomplete entry)",
     "queue.metadata_renamed": "metadata renamed into msg/ (the commit), msg/ not yet fsync'd",
-    "queue.enqueued": "msg/ fsync'd: the entry durable; the 250 not yet sent",
+    "queue.enqueued": "msg/ fsync'd: the entry durable; the submission's 250 not yet sent",
     # Outbound queue: an attempt recorded (a temporary failure, or some recipients accepted).
     "queue.attempt_written": "new metadata fsync'd in its temp file in msg/, not renamed",
     "queue.attempt_renamed": "new metadata renamed over the old, msg/ not yet fsync'd",

@@ -11,6 +11,9 @@ The contract between the parts (the submission service, the delivery side and th
   ``OutboundQueue.record_attempt`` at once, so an acknowledged recipient is never sent twice.
 - ``mailgw.relay.bounce.make_bounce`` builds the RFC 3464 report sent to the sender's mailbox
   after a permanent failure or expiry; the caller sends none when the sender is null (``""``).
+  The scheduler records it in the entry (``OutboundQueue.fail_recipients`` with a
+  ``PendingBounce``) before sending it and clears it after (``bounce_done``), so that a crash
+  neither loses it nor sends it twice.
 - ``RelaySettings`` is the ``[relay]`` section of the configuration (``Config.relay``).
 """
 
