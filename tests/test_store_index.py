@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mailgw.store import MaildirStore, StoreError, uidlist
+from mailgw.store import MaildirStore, StoreBusy, uidlist
 from mailgw.store.files import STALE_TMP_SECONDS
 
 USER = "alice@example.test"
@@ -203,7 +203,7 @@ def test_fresh_dotlock_held_elsewhere_times_out(store, monkeypatch):
     folder = store.folder(USER)
     lock = store.user_dir(USER) / "dovecot-uidlist.lock"
     lock.write_text("12345\n")
-    with pytest.raises(StoreError, match="lock"):
+    with pytest.raises(StoreBusy, match="lock"):  # temporary: IMAP answers NO [UNAVAILABLE]
         folder.append(b"a\r\n")
     lock.unlink()
     assert folder.messages() == ()

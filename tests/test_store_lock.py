@@ -97,7 +97,7 @@ def test_lock_of_a_live_writer_is_respected(store, monkeypatch, live_pid):
     monkeypatch.setattr(uidlist, "LOCK_TIMEOUT", 0.3)
     lock = lock_path(store)
     lock.write_text(f"{live_pid}:{socket.gethostname()}\n")
-    with pytest.raises(uidlist.StoreError, match="timed out"):
+    with pytest.raises(uidlist.StoreBusy, match="timed out"):
         store.folder(USER).append(b"a\r\n")
     assert lock.read_text() == f"{live_pid}:{socket.gethostname()}\n"
 

@@ -2,7 +2,8 @@
 
 Replaces Twisted's ``MemoryAccount``: folder names come from the store ('.' hierarchy
 delimiter, ``INBOX`` first and case-insensitive), every call that touches the disk runs with
-``deferToThread``, and store errors become ``MailboxException`` so the session answers ``NO``.
+``deferToThread``, and store errors become ``MailboxException`` so the session answers ``NO``:
+``NoSuchMailbox`` for a folder that does not exist, ``StoreFailed`` when the store itself failed.
 Subscriptions live in Dovecot's ``subscriptions`` file (``mailgw.store.subscriptions``); a new
 user gets the SPECIAL-USE folders (RFC 6154) Sent, Drafts, Trash, Junk and Archive, subscribed,
 at their first login.
@@ -21,6 +22,7 @@ from mailgw.store.interfaces import (
     InvalidFolderName,
     NoSuchFolder,
     NoSuchMessage,
+    StoreBusy,
     StoreError,
 )
 from mailgw.store.subscriptions import change_subscriptions, read_subscriptions
@@ -39,6 +41,23 @@ SPECIAL_USE = {
 
 class NoSuchMailbox(imap4.MailboxException):
     """The named folder does not exist (APPEND/COPY answer with [TRYCREATE])."""
+
+
+class StoreFailed(imap4.MailboxException):
+    """The store failed (disk, permissions, corrupt index, lock timeout), not the client.
+
+    ``cause`` is the store's error as a Failure (with its traceback), for the log; ``user`` and
+    ``folder`` (None when no one folder was concerned) say where; ``code`` is the RFC 5530
+    response code to answer with: ``[UNAVAILABLE]`` for a temporary failure (``StoreBusy``),
+    else ``[SERVERBUG]``."""
+
+    def __init__(self, cause, user: str, folder: str | None) -> None:
+        super().__init__("Mailbox operation failed")
+        self.cause = cause
+        self.user = user
+        self.folder = folder
+        self.temporary = cause.check(StoreBusy) is not None
+        self.code = b"[UNAVAILABLE]" if self.temporary else b"[SERVERBUG]"
 
 
 def folder_name(name: str) -> str:
@@ -74,7 +93,10 @@ class MailAccount:
         #: Mailboxes a session is showing (watching their folder for changes).
         self.watched: set = set()
 
-    def _run(self, call, *args) -> Deferred:
+    def _run(self, call, *args, folder: str | None = None) -> Deferred:
+        """``call(*args)`` in a thread, its store errors as ``MailboxException``s (``folder``:
+        the folder concerned, for the log of a ``StoreFailed``)."""
+
         def translate(failure):
             failure.trap(StoreError, NoSuchMailbox)
             if failure.check(NoSuchMailbox):
@@ -85,7 +107,7 @@ class MailAccount:
                 raise imap4.MailboxCollision("Mailbox already exists")
             if failure.check(InvalidFolderName):
                 raise imap4.MailboxException("Invalid mailbox name")
-            raise imap4.MailboxException("Mailbox operation failed")
+            raise StoreFailed(failure, self.address, folder)
 
         return deferToThread(call, *args).addErrback(translate)
 
@@ -142,10 +164,12 @@ class MailAccount:
 
     def target(self, name: str) -> Deferred:
         """The store folder ``name`` (for COPY/MOVE); fails with NoSuchMailbox."""
-        return self._run(self._store.folder, self.address, folder_name(name))
+        name = folder_name(name)
+        return self._run(self._store.folder, self.address, name, folder=name)
 
     def select(self, name: str, rw: bool = True) -> Deferred:
-        """Open a folder for this session: a SessionMailbox, or None if there is none."""
+        """Open a folder for this session: a SessionMailbox, or None if there is none; fails
+        with ``StoreFailed`` if the store cannot open it."""
         store, address = self._store, self.address
 
         def work():
@@ -157,7 +181,9 @@ class MailAccount:
             return SessionMailbox(store, folder, infos, bool(rw), self.watched)
 
         def missing(failure):
-            failure.trap(NoSuchMailbox, imap4.MailboxException)
+            if failure.check(StoreFailed):
+                return failure
+            failure.trap(imap4.MailboxException)  # no such folder, or a name none can have
             return None
 
         # A folder already open and unchanged on disk is selected without a thread hop.
@@ -165,7 +191,7 @@ class MailAccount:
         infos = folder.messages_if_fresh() if folder is not None else None
         if infos is not None:
             return succeed(opened((folder, folder_snapshot(folder, infos))))
-        return self._run(work).addCallbacks(opened, missing)
+        return self._run(work, folder=folder_name(name)).addCallbacks(opened, missing)
 
     def create(self, pathspec: str) -> Deferred:
         """Create a folder (a trailing '.' only says it will hold children)."""
@@ -238,7 +264,7 @@ class MailAccount:
             uid = append_file(folder, message, flags, date)
             return folder.uid_validity, uid
 
-        return self._run(work)
+        return self._run(work, folder=folder_name(name))
 
     def status(self, name: str, names: list) -> Deferred:
         """STATUS items of a folder, without selecting it: {name: int}."""

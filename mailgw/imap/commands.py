@@ -15,7 +15,8 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 
 import mailgw
-from mailgw.imap.account import NoSuchMailbox
+from mailgw.imap.account import NoSuchMailbox, StoreFailed
+from mailgw.imap.folders import store_failed
 from mailgw.imap.search import Candidate, SearchSyntaxError, evaluate, parse_criteria, tokenize
 
 _log = Logger()
@@ -56,6 +57,8 @@ class SelectedCommands:
         def failed(failure):
             if failure.check(NoSuchMailbox):
                 self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
+            elif failure.check(StoreFailed):
+                self.sendNegativeResponse(tag, store_failed(failure.value, name))
             elif failure.check(imap4.MailboxException):
                 message = str(failure.value).encode("ascii", "replace")
                 self.sendNegativeResponse(tag, message or name + b" failed")

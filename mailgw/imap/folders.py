@@ -13,7 +13,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from mailgw.imap.account import NoSuchMailbox, folder_name
+from mailgw.imap.account import NoSuchMailbox, StoreFailed, folder_name
 from mailgw.imap.parsing import parse_date_time
 
 _log = Logger()
@@ -33,15 +33,35 @@ def _mailbox_name(raw: bytes) -> str:
     return imap4._parseMbox(raw)
 
 
+def store_failed(error: StoreFailed, command: bytes) -> bytes:
+    """Log the store's failure (with the user and folder) and return the text of the NO reply:
+    ``[UNAVAILABLE]`` (try again) or ``[SERVERBUG]`` (RFC 5530)."""
+    _log.failure(
+        "IMAP {command} for {user}, folder {folder!r}: the store failed",
+        error.cause,
+        command=command.decode("ascii", "replace"),
+        user=error.user,
+        folder=error.folder,
+    )
+    if error.temporary:
+        return error.code + b" " + command + b" failed: mailbox busy, try again later"
+    return error.code + b" " + command + b" failed: internal error"
+
+
 class FolderCommands:
     """The folder and housekeeping commands of an ``IMAP4Server`` subclass."""
 
-    def _answer(self, tag, d, done, missing: bytes = b"[NONEXISTENT]") -> None:
-        """Answer OK ``done`` (bytes, or a function of the result) or NO when ``d`` fires."""
+    def _answer(self, tag, d, done, missing: bytes = b"[NONEXISTENT]", command=b"") -> None:
+        """Answer OK ``done`` (bytes, or a function of the result) or NO when ``d`` fires.
+
+        NO ``missing`` for a folder that does not exist, ``[SERVERBUG]`` or ``[UNAVAILABLE]``
+        (logged, naming ``command``) when the store failed."""
 
         def failed(failure):
             if failure.check(NoSuchMailbox):
                 self.sendNegativeResponse(tag, missing + b" No such mailbox")
+            elif failure.check(StoreFailed):
+                self.sendNegativeResponse(tag, store_failed(failure.value, command))
             elif failure.check(imap4.MailboxException):
                 self.sendNegativeResponse(tag, str(failure.value).encode("ascii", "replace"))
             else:
@@ -55,7 +75,8 @@ class FolderCommands:
 
     def do_CREATE(self, tag, name):
         """CREATE a folder."""
-        self._answer(tag, maybeDeferred(self.account.create, _mailbox_name(name)), b"CREATE done")
+        d = maybeDeferred(self.account.create, _mailbox_name(name))
+        self._answer(tag, d, b"CREATE done", command=b"CREATE")
 
     auth_CREATE = (do_CREATE, _Server.arg_finalastring)
     select_CREATE = auth_CREATE
@@ -66,7 +87,8 @@ class FolderCommands:
         if folder_name(name) == "INBOX":
             self.sendNegativeResponse(tag, b"INBOX cannot be deleted")
             return
-        self._answer(tag, maybeDeferred(self.account.delete, name), b"DELETE done")
+        d = maybeDeferred(self.account.delete, name)
+        self._answer(tag, d, b"DELETE done", command=b"DELETE")
 
     auth_DELETE = (do_DELETE, _Server.arg_finalastring)
     select_DELETE = auth_DELETE
@@ -77,7 +99,8 @@ class FolderCommands:
         if folder_name(new) == "INBOX":
             self.sendNegativeResponse(tag, b"[ALREADYEXISTS] INBOX always exists")
             return
-        self._answer(tag, maybeDeferred(self.account.rename, old, new), b"RENAME done")
+        d = maybeDeferred(self.account.rename, old, new)
+        self._answer(tag, d, b"RENAME done", command=b"RENAME")
 
     auth_RENAME = (do_RENAME, _Server.arg_astring, _Server.arg_finalastring)
     select_RENAME = auth_RENAME
@@ -96,7 +119,7 @@ class FolderCommands:
             self.sendUntaggedResponse(b"STATUS " + encoded + b" (" + line + b")")
 
         d = self.account.status(name, items).addCallback(report)
-        self._answer(tag, d, b"STATUS completed")
+        self._answer(tag, d, b"STATUS completed", command=b"STATUS")
 
     auth_STATUS = (do_STATUS, _Server.arg_astring, _Server.arg_plist)
     select_STATUS = auth_STATUS
@@ -116,7 +139,7 @@ class FolderCommands:
             validity, uid = result
             return b"[APPENDUID %d %d] APPEND completed" % (validity, uid)
 
-        self._answer(tag, d, done, missing=b"[TRYCREATE]")
+        self._answer(tag, d, done, missing=b"[TRYCREATE]", command=b"APPEND")
 
     auth_APPEND = (
         do_APPEND,
@@ -132,7 +155,7 @@ class FolderCommands:
         if self.mbox is None:
             self.sendPositiveResponse(tag, b"NOOP completed")
             return
-        self._answer(tag, self.mbox.refresh(), b"NOOP completed")
+        self._answer(tag, self.mbox.refresh(), b"NOOP completed", command=b"NOOP")
 
     unauth_NOOP = (do_NOOP,)
     auth_NOOP = unauth_NOOP

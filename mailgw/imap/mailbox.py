@@ -16,6 +16,7 @@ from functools import partial
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
@@ -25,6 +26,8 @@ from mailgw.imap.view import SEEN, FolderView, Snapshot
 from mailgw.store.interfaces import IFolderListener, NoSuchMessage, StoreError
 
 DELETED = "\\Deleted"
+
+_log = Logger()
 
 
 class RecentClaims:
@@ -50,6 +53,16 @@ class RecentClaims:
         key = (folder.folder_id, folder.uid_validity)
         self._claimed.setdefault(key, set()).update(won)
 
+        def failed(failure):
+            # The session still shows them \\Recent; they stay in new/ for the next one.
+            _log.failure(
+                "could not move {count} new message(s) of {user}, folder {folder!r}, to cur/",
+                failure,
+                count=len(won),
+                user=folder.address,
+                folder=folder.name,
+            )
+
         def forget(result):
             taken = self._claimed.get(key, set())
             taken -= won
@@ -57,7 +70,7 @@ class RecentClaims:
                 self._claimed.pop(key, None)
             return None
 
-        deferToThread(folder.mark_seen_by_client, sorted(won)).addBoth(forget)
+        deferToThread(folder.mark_seen_by_client, sorted(won)).addErrback(failed).addBoth(forget)
         return won
 
 

@@ -46,9 +46,10 @@ from zope.interface import implementer
 
 from mailgw.auth import ClientCredentials, sasl
 from mailgw.context import ServerContext
+from mailgw.imap.account import StoreFailed
 from mailgw.imap.commands import SelectedCommands
 from mailgw.imap.fetch import FetchCommands
-from mailgw.imap.folders import FolderCommands
+from mailgw.imap.folders import FolderCommands, store_failed
 from mailgw.imap.mailbox import ISessionListener
 from mailgw.sessions import BUSY_TEXT, SessionTracker, TrackedSession
 
@@ -428,6 +429,15 @@ class IMAPServer(SelectedCommands, FetchCommands, FolderCommands, imap4.IMAP4Ser
             self.sendNegativeResponse(tag, b"Illegal operation: " + str(error).encode("utf-8"))
 
     # -- selection ------------------------------------------------------------------------
+
+    def _ebSelectWork(self, failure, cmdName, tag):
+        """SELECT/EXAMINE failed (not for want of the folder): NO [SERVERBUG] or [UNAVAILABLE],
+        logged; the session stays authenticated with nothing selected."""
+        if failure.check(StoreFailed):
+            self.sendNegativeResponse(tag, store_failed(failure.value, cmdName))
+            return
+        _log.failure("{command} failed", failure, command=cmdName.decode("ascii", "replace"))
+        self.sendNegativeResponse(tag, b"[SERVERBUG] " + cmdName + b" failed: internal error")
 
     def _cbSelectWork(self, mbox, cmdName, tag):
         if mbox is None:

@@ -6,6 +6,7 @@ from mailgw.store.interfaces import (
     InvalidFolderName,
     NoSuchFolder,
     NoSuchMessage,
+    StoreBusy,
     StoreError,
 )
 from mailgw.store.maildir import IncomingMessage, MaildirStore
@@ -18,5 +19,6 @@ __all__ = [
     "MaildirStore",
     "NoSuchFolder",
     "NoSuchMessage",
+    "StoreBusy",
     "StoreError",
 ]

@@ -28,6 +28,10 @@ class StoreError(Exception):
     """The store could not carry out an operation (disk full, permissions, corrupt data)."""
 
 
+class StoreBusy(StoreError):
+    """A lock the operation needs was not obtained in time: a temporary failure, try again."""
+
+
 class InvalidFolderName(StoreError):
     """A folder name is not allowed (``..``, ``/``, control characters, ``new``/``cur``...)."""
 

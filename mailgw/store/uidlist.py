@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mailgw.durable import replace_file
 from mailgw.store.files import FILE_MODE, fsync_dir, store_error, write_all
-from mailgw.store.interfaces import StoreError
+from mailgw.store.interfaces import StoreBusy
 
 UIDLIST = "dovecot-uidlist"
 #: A lock whose holder cannot be checked (another host, or an alive pid: perhaps reused) is stale
@@ -62,7 +62,7 @@ _BOOT_TIME = _boot_time()
 
 @contextmanager
 def dotlock(path: Path, timeout: float) -> Iterator[None]:
-    """Hold the lock file ``path`` for the duration of the block; raise StoreError on timeout.
+    """Hold the lock file ``path`` for the duration of the block; raise StoreBusy on timeout.
 
     The lock is made whole, then linked onto its name, so it is never seen empty: its content
     ``<pid>:<host>`` (Dovecot's) goes into a temporary file in the folder's ``tmp/``, which is
@@ -127,7 +127,7 @@ def _acquire(path: Path, temp: Path, timeout: float) -> int:
         if _break_if_stale(path):
             continue
         if time.monotonic() > deadline:
-            raise StoreError(f"timed out waiting for lock {path}")
+            raise StoreBusy(f"timed out waiting for lock {path}")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
 
