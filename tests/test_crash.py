@@ -44,17 +44,74 @@ def _is_whole(data: bytes) -> bool:
     return last.strip() == hashlib.sha256(payload).hexdigest().encode()
 
 
-def _sender(port: int, prefix: str, acked: list, stop: threading.Event) -> None:
-    n = 0
+class Sender(threading.Thread):
+    """Sends messages over one SMTP connection until told to stop or the server goes away.
+
+    Keeps the tags the server acknowledged (in the shared ``acked``) and every error it met: how
+    many, and the last one with when it came (before or after the kill), for the failure
+    message."""
+
+    def __init__(self, port: int, prefix: str, acked: list, stop: threading.Event) -> None:
+        super().__init__(name=f"sender-{prefix}", daemon=True)
+        self.port, self.prefix, self.acked, self.stop = port, prefix, acked, stop
+        self.sent = 0
+        self.errors = 0
+        self.last_error: tuple[float, BaseException] | None = None
+        self.killed_at: float | None = None
+
+    def run(self) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as smtp:
+                while not self.stop.is_set():
+                    tag = f"{self.prefix}-{self.sent}"
+                    try:
+                        smtp.sendmail("load@elsewhere.test", [ALICE], _message(tag))
+                    except smtplib.SMTPResponseException as refused:  # not acked; go on
+                        self._failed(refused)
+                        continue
+                    self.acked.append(tag)
+                    self.sent += 1
+        except (OSError, smtplib.SMTPException) as lost:
+            self._failed(lost)  # the server was killed under us (or hung up before that)
+
+    def _failed(self, error: BaseException) -> None:
+        self.errors += 1
+        self.last_error = (time.monotonic(), error)
+
+    def report(self) -> str:
+        """One line: what was sent, and the errors."""
+        line = f"{self.name}: {self.sent} acked, {self.errors} error(s)"
+        if self.last_error is not None:
+            at, error = self.last_error
+            when = ""
+            if self.killed_at is not None:
+                when = " before the kill" if at < self.killed_at else " after the kill"
+            line += f"; last{when}: {error!r}"
+        if self.is_alive():
+            line += " (still running)"
+        return line
+
+
+def _diagnostics(server: ServerProcess, senders: list[Sender], lines: int = 60) -> str:
+    """What to print when the test fails: the senders' errors and the end of the server's log."""
     try:
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-            while not stop.is_set():
-                tag = f"{prefix}-{n}"
-                smtp.sendmail("load@elsewhere.test", [ALICE], _message(tag))
-                acked.append(tag)
-                n += 1
-    except (OSError, smtplib.SMTPException):
-        return  # the server was killed under us: only what was acknowledged counts
+        log = server.log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as error:
+        log = [f"(no log: {error})"]
+    return "\n".join(
+        ["", "senders:", *(f"  {s.report()}" for s in senders), f"{server.log} (tail):", *log]
+    )
+
+
+def _read_back(port: int) -> list[bool]:
+    """Over POP3: for each message in the maildrop, is it whole?"""
+    pop = poplib.POP3("127.0.0.1", port, timeout=10)
+    pop.user(ALICE)
+    pop.pass_(PASSWORD)
+    count, _ = pop.stat()
+    whole = [_is_whole(b"\r\n".join(pop.retr(i)[1])) for i in range(1, count + 1)]
+    pop.quit()
+    return whole
 
 
 def test_kill_during_deliveries_loses_nothing_acknowledged(tmp_path):
@@ -64,46 +121,58 @@ def test_kill_during_deliveries_loses_nothing_acknowledged(tmp_path):
     assert mailgw(config, "user", "add", ALICE, "--password-stdin", stdin=PASSWORD).returncode == 0
     server = ServerProcess(config)
     acked: list[str] = []
+    senders: list[Sender] = []
     for round_, wait_for in enumerate((5, 23, 41)):
         server.start()
         stop = threading.Event()
-        threads = [
-            threading.Thread(
-                target=_sender, args=(server.ports["smtp"], f"r{round_}c{c}", acked, stop)
-            )
-            for c in range(CLIENTS)
+        batch = [
+            Sender(server.ports["smtp"], f"r{round_}c{c}", acked, stop) for c in range(CLIENTS)
         ]
-        for t in threads:
-            t.start()
+        senders += batch
+        for sender in batch:
+            sender.start()
         deadline = time.monotonic() + 30
         start_count = len(acked)
         while len(acked) - start_count < wait_for and time.monotonic() < deadline:
             time.sleep(0.001)
+        killed_at = time.monotonic()
         server.kill()
         stop.set()
-        for t in threads:
-            t.join(timeout=15)
-        assert len(acked) - start_count >= wait_for, "the load never got going"
+        for sender in batch:
+            sender.killed_at = killed_at
+            sender.join(timeout=15)
+        got = len(acked) - start_count
+        assert got >= wait_for, (
+            f"round {round_}: the load never got going ({got} of {wait_for} acked in 30 s)"
+            + _diagnostics(server, senders)
+        )
 
     maildir = tmp_path / "data" / "mail" / "example.test" / "alice"
     files = [p for sub in ("new", "cur") for p in (maildir / sub).iterdir()]
     subjects = []
     for path in files:
         data = path.read_bytes()
-        assert _is_whole(data), f"half-written message visible: {path.name}"
+        assert _is_whole(data), f"half-written message visible: {path.name}" + _diagnostics(
+            server, senders
+        )
         subjects.append(email.message_from_bytes(data)["Subject"])
-    assert len(subjects) == len(set(subjects)), "a message was stored twice"
-    assert set(acked) <= set(subjects), f"lost: {sorted(set(acked) - set(subjects))}"
+    duplicates = sorted({s for s in subjects if subjects.count(s) > 1})
+    assert not duplicates, f"stored twice: {duplicates}" + _diagnostics(server, senders)
+    lost = sorted(set(acked) - set(subjects))
+    assert not lost, f"lost: {lost}" + _diagnostics(server, senders)
 
     server.start()
+    whole, failed = [], None
     try:
-        pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=10)
-        pop.user(ALICE)
-        pop.pass_(PASSWORD)
-        count, _ = pop.stat()
-        assert count == len(files)
-        whole = [_is_whole(b"\r\n".join(pop.retr(i)[1])) for i in range(1, count + 1)]
-        assert all(whole)
-        pop.quit()
+        whole = _read_back(server.ports["pop3"])
+    except (OSError, poplib.error_proto) as error:
+        failed = error
     finally:
-        assert server.stop() == 0
+        status = server.stop()
+    assert failed is None, f"POP3 read back failed: {failed!r}" + _diagnostics(server, senders)
+    assert len(whole) == len(files), (
+        f"POP3 shows {len(whole)} messages, the maildir holds {len(files)}"
+        + _diagnostics(server, senders)
+    )
+    assert all(whole), f"POP3 read back a broken message: {whole}" + _diagnostics(server, senders)
+    assert status == 0, f"the server exited {status} on SIGTERM" + _diagnostics(server, senders)
