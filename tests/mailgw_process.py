@@ -73,6 +73,8 @@ class ServerProcess:
     ``twistd_args`` go before ``mailgw`` (e.g. ``--uid``/``--gid``); ``ports_file`` is where the
     config writes its ports (default ``ports.json`` next to the config).  ``env`` adds
     environment variables to every start (e.g. ``MAILGW_CRASH_AT``); ``start(env=...)`` to one.
+    ``wrapper`` is a command line the server runs under (e.g. ``strace -f -o FILE``); then
+    ``process`` is the wrapper's, and signals meant for the server must go to its child.
     """
 
     def __init__(
@@ -81,8 +83,10 @@ class ServerProcess:
         twistd_args: tuple = (),
         ports_file: Path | None = None,
         env: dict[str, str] | None = None,
+        wrapper: tuple = (),
     ) -> None:
         self.config = config
+        self.wrapper = tuple(wrapper)
         self.env = dict(env or {})
         self.twistd_args = tuple(twistd_args)
         self.ports_file = ports_file or config.parent / "ports.json"
@@ -96,6 +100,7 @@ class ServerProcess:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [
+                    *self.wrapper,
                     str(BIN / "twistd"),
                     "-n",
                     "--pidfile=",
