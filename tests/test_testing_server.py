@@ -243,3 +243,21 @@ def test_start_names_the_listener_that_does_not_greet_in_time():
         server.start(timeout=0.3)
     assert server.data_dir is None and server.endpoints()["host"] == server.host
     assert set(server.endpoints()) == {"host", "cafile"}  # stopped: no listener left
+
+
+def test_start_and_stop_log_no_failure():
+    """No relay scheduler scans the queue a test server does not have."""
+    from twisted.logger import globalLogPublisher
+
+    failures: list = []
+
+    def observe(event: dict) -> None:
+        if "log_failure" in event:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        MailServer(services=("smtp",)).start().stop()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert failures == []

@@ -163,6 +163,10 @@ class _TestingService(MailgwService):
     def _hint_users(self) -> None:
         """No "add users with mailgw user add" hint: the test adds its users itself."""
 
+    def _start_relay(self, bound: dict) -> dict:
+        """No relay scheduler: there is no outbound queue for it to scan."""
+        return bound
+
     def _protocol_factory(self, name: str) -> Factory:
         if name == "smtp" and self.server.auth_required:
             factory = smtp.make_factory(self.context, submission=True)
