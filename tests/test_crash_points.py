@@ -255,6 +255,20 @@ def test_imap_append(armed, tmp_path, template):
     record("append", armed, outcome, took, after)
 
 
+def transfer(command: str):
+    """A drive that sends ``UID <command> 1:2 Archive`` (COPY or MOVE of seed-1 and seed-2)."""
+
+    def drive(ports, before):
+        imap = imap_login(ports["imap"])
+        assert imap.select("INBOX")[0] == "OK"
+        before.attempt(ARCHIVE, "seed-1")
+        before.attempt(ARCHIVE, "seed-2")
+        typ, _ = imap.uid(command, "1:2", "Archive")
+        before.op_acked = typ == "OK"
+
+    return drive
+
+
 COPY_STEPS = ["append.dir_synced:1", "append.indexed:2"]
 
 
@@ -262,15 +276,7 @@ COPY_STEPS = ["append.dir_synced:1", "append.indexed:2"]
 def test_imap_copy(armed, tmp_path, template):
     """UID COPY of seed-1 and seed-2 to Archive dies at ``armed``."""
 
-    def drive(ports, before):
-        imap = imap_login(ports["imap"])
-        assert imap.select("INBOX")[0] == "OK"
-        before.attempt(ARCHIVE, "seed-1")
-        before.attempt(ARCHIVE, "seed-2")
-        typ, _ = imap.uid("COPY", "1:2", "Archive")
-        before.op_acked = typ == "OK"
-
-    after, took = run_case(armed, drive, tmp_path, template)
+    after, took = run_case(armed, transfer("COPY"), tmp_path, template)
     inbox, archive = after.state[INBOX], after.state[ARCHIVE]
     assert sorted(inbox.tags()) == ["next", "seed-1", "seed-2", "seed-3"], "COPY changed INBOX"
     for tag, _, data in archive.messages.values():
@@ -293,15 +299,7 @@ MOVE_STEPS = ["append.dir_synced:2", "expunge.unlinked:1"]
 def test_imap_move(armed, tmp_path, template):
     """UID MOVE of seed-1 and seed-2 to Archive dies at ``armed``: nothing may be lost."""
 
-    def drive(ports, before):
-        imap = imap_login(ports["imap"])
-        assert imap.select("INBOX")[0] == "OK"
-        before.attempt(ARCHIVE, "seed-1")
-        before.attempt(ARCHIVE, "seed-2")
-        typ, _ = imap.uid("MOVE", "1:2", "Archive")
-        before.op_acked = typ == "OK"
-
-    after, took = run_case(armed, drive, tmp_path, template)
+    after, took = run_case(armed, transfer("MOVE"), tmp_path, template)
     inbox, archive = after.state[INBOX].old_tags(), after.state[ARCHIVE].old_tags()
     for tag in ("seed-1", "seed-2", "seed-3"):
         assert tag in inbox | archive, f"MOVE lost {tag}"

@@ -52,6 +52,7 @@ import signal
 import smtplib
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import argon2
@@ -192,13 +193,25 @@ class Case:
         last = "the queue is empty" if not count else f"{count} message"
         assert listed.splitlines()[-1].startswith(last), listed
 
-    def restart_log(self) -> int:
-        return len(self.server.log.read_bytes())
+    @contextlib.contextmanager
+    def restarted(self) -> Iterator[float]:
+        """Restart without the crash point, let the queue drain, time the next delivery.
 
-    def assert_log_clean(self, offset: int) -> None:
-        text = self.server.log.read_bytes()[offset:].decode(errors="replace")
-        for bad in ("Traceback", "Unhandled", "unreadable metadata", "cannot read the queue"):
-            assert bad not in text, text
+        Yield that time with the server running; on leaving, the queue holds nothing but
+        complete entries and the restart's log has no error; the server is stopped."""
+        offset = len(self.server.log.read_bytes())
+        self.start()
+        try:
+            wait_for(lambda: not self.entries())
+            settle()
+            took = self.next_delivery()
+            self.assert_queue_clean()
+            yield took
+            text = self.server.log.read_bytes()[offset:].decode(errors="replace")
+            for bad in ("Traceback", "Unhandled", "unreadable metadata", "cannot read the queue"):
+                assert bad not in text, text
+        finally:
+            assert self.server.stop() == 0
 
     def next_delivery(self) -> float:
         """Seconds until the 250 of a local delivery over SMTP."""
@@ -259,17 +272,8 @@ def test_submission(step, tmp_path, hop, passwd_lines):
     case.submit()
     case.died_at_step()
     left = case.leftovers()
-    offset = case.restart_log()
-    case.start()
-    try:
-        wait_for(lambda: not case.entries())
-        settle()
-        took = case.next_delivery()
-        case.assert_queue_clean()
+    with case.restarted() as took:
         arrived = hop.arrivals(case.tag)
-        case.assert_log_clean(offset)
-    finally:
-        assert case.server.stop() == 0
     expected = 1 if case.acked or SUBMIT_STEPS.index(step) >= QUEUED_FROM else 0
     assert arrived == expected, f"arrived {arrived} times"
     assert not case.entries()
@@ -295,17 +299,8 @@ def test_attempt_record(step, tmp_path, hop, passwd_lines):
         assert admin(case.config, "queue", "flush").startswith("1 message due now")
     assert hop.arrivals(case.tag) == 0
     del hop.rcpt_replies[case.rcpt]  # the next hop accepts from now on
-    offset = case.restart_log()
-    case.start()
-    try:
-        wait_for(lambda: not case.entries())
-        settle()
-        took = case.next_delivery()
-        case.assert_queue_clean()
-        case.assert_log_clean(offset)
-    finally:
-        assert case.server.stop() == 0
-    arrived = hop.arrivals(case.tag)
+    with case.restarted() as took:
+        arrived = hop.arrivals(case.tag)
     assert arrived == 1, f"arrived {arrived} times"
     outcome = (
         "queued once with attempt 1 (due in 60 s); after flush sent once"
@@ -324,16 +319,8 @@ def test_removal_after_delivery(step, tmp_path, hop, passwd_lines):
     case.died_at_step()
     left = case.leftovers()
     assert hop.arrivals(case.tag) == 1
-    offset = case.restart_log()
-    case.start()
-    try:
-        settle()
-        took = case.next_delivery()
-        case.assert_queue_clean()
-        case.assert_log_clean(offset)
-    finally:
-        assert case.server.stop() == 0
-    arrived = hop.arrivals(case.tag)
+    with case.restarted() as took:
+        arrived = hop.arrivals(case.tag)
     assert arrived == 1 and not case.entries(), f"arrived {arrived} times"
     case.record("deliver", left, "gone from the queue, sent once (not again)", took)
 
@@ -347,17 +334,8 @@ def test_bounce(step, tmp_path, hop, passwd_lines):
     assert case.acked
     case.died_at_step()
     left = case.leftovers()
-    offset = case.restart_log()
-    case.start()
-    try:
-        wait_for(lambda: not case.entries())
-        settle()
-        took = case.next_delivery()
-        case.assert_queue_clean()
-        case.assert_log_clean(offset)
+    with case.restarted() as took:
         bounces = inbox_bounces(case.server.ports["pop3"])
-    finally:
-        assert case.server.stop() == 0
     asked = hop.asked[case.rcpt]
     assert bounces == 1, f"{bounces} bounces"
     assert asked == 1, f"the refusing server was asked {asked} times"
