@@ -1,0 +1,1 @@
+"""The parts of ``mailgw.imap.structure``: header blocks, addresses, transfer encodings."""

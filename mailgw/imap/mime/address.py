@@ -1,0 +1,280 @@
+"""ENVELOPE (RFC 3501 7.4.2) from a header block, with addresses split as Dovecot does.
+
+Values are the stored header values with the folding removed, not decoded (encoded-words
+stay as they are).  Address lists are ready-serialised :class:`Atom` values: RFC 3501 puts
+no space between addresses, which a plain list would get from ``encode``.  Display names
+and the subject are cleaned for humans the way Dovecot does (runs of blanks become one
+space, CR/LF dropped, NUL becomes 0x80), and whenever that changes anything, or the text
+has quotes or 8-bit octets, Dovecot sends it as a literal: so do we, with an Atom literal.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailgw.imap.mime.headers import field_value, split_fields
+from mailgw.imap.wire.responses import Atom, encode, literal
+
+#: What an address lacks is filled in with these (Dovecot's placeholders).
+MISSING_MAILBOX = b"MISSING_MAILBOX"
+MISSING_DOMAIN = b"MISSING_DOMAIN"
+
+_ENVELOPE_FIELDS = (
+    b"date",
+    b"subject",
+    b"from",
+    b"sender",
+    b"reply-to",
+    b"to",
+    b"cc",
+    b"bcc",
+    b"in-reply-to",
+    b"message-id",
+)
+_ADDRESS_FIELDS = frozenset({b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"})
+
+_LEXEME = re.compile(
+    rb'(?P<space>[ \t\r\n]+)|(?P<quoted>"(?:[^"\\]|\\.)*"?)|(?P<literal>\[(?:[^\]\\]|\\.)*\]?)'
+    rb'|(?P<comment>\()|(?P<special>[<>@,;:.])|(?P<atom>[^ \t\r\n"\[\]()<>@,;:.\\]+)|(?P<other>.)',
+    re.S,
+)
+_SPECIALS_HUMAN = re.compile(rb'["\\\x80-\xff\x00\t\r\n]|  |^ | $')
+
+
+def humane(text: bytes) -> bytes | Atom:
+    """``text`` as Dovecot writes text meant for people (subject, display names)."""
+    if not _SPECIALS_HUMAN.search(text):
+        return text
+    cleaned = text.replace(b"\r", b"").replace(b"\n", b"").replace(b"\x00", b"\x80")
+    cleaned = b" ".join(cleaned.replace(b"\t", b" ").split(b" "))
+    cleaned = re.sub(rb" +", b" ", cleaned).strip(b" ")
+    if not cleaned:
+        return b""
+    return Atom(literal(cleaned))
+
+
+def adjacent(items: list) -> Atom:
+    """A parenthesised list of lists written with no space between them, as RFC 3501
+    writes address lists and the bodies of a multipart (``((...)(...))``)."""
+    return Atom(b"(" + b"".join(encode(item) for item in items) + b")")
+
+
+def dovecot_string(text: bytes) -> bytes | Atom:
+    """``text`` with Dovecot's choice of literal: CR, LF, 8-bit, or more than 4 quoted-specials."""
+    if text.count(b'"') + text.count(b"\\") > 4 and not re.search(rb"[\r\n\x80-\xff]", text):
+        return Atom(literal(text))
+    return text
+
+
+def envelope_of_header(header_block: bytes) -> list:
+    """The ENVELOPE of a message from its header block alone (nested values for ``encode``)."""
+    return envelope_of_fields(split_fields(header_block))
+
+
+def envelope_of_fields(fields: list[tuple[bytes, bytes]]) -> list:
+    """The ENVELOPE from already split header fields (see ``split_fields``)."""
+    values: dict[bytes, bytes] = {}
+    for name, raw in fields:
+        if name in _ENVELOPE_FIELDS and name not in values:
+            values[name] = field_value(raw)
+    envelope: list = []
+    for name in _ENVELOPE_FIELDS:
+        value = values.get(name)
+        if name in _ADDRESS_FIELDS:
+            found = addresses(value) if value is not None else []
+            envelope.append(adjacent(found) if found else None)
+        elif value is None:
+            envelope.append(None)
+        elif name == b"subject":
+            envelope.append(humane(value))
+        else:
+            envelope.append(dovecot_string(value))
+    for sender in (3, 4):
+        if envelope[sender] is None:
+            envelope[sender] = envelope[2]
+    return envelope
+
+
+class _Lexer:
+    """Address lexemes: (kind, text) with comments kept apart."""
+
+    def __init__(self, value: bytes) -> None:
+        self.items: list[tuple[str, bytes]] = []
+        pos = 0
+        while pos < len(value):
+            found = _LEXEME.match(value, pos)
+            kind = found.lastgroup
+            if kind == "comment":
+                end = _comment_end(value, pos)
+                self.items.append(("comment", value[pos + 1 : end - 1]))
+                pos = end
+                continue
+            if kind != "space":
+                self.items.append((kind, found.group()))
+            pos = found.end()
+        self.pos = 0
+
+    def peek(self) -> tuple[str, bytes]:
+        """The next lexeme that is not a comment (not consumed)."""
+        pos = self.pos
+        while pos < len(self.items) and self.items[pos][0] == "comment":
+            pos += 1
+        return self.items[pos] if pos < len(self.items) else ("end", b"")
+
+    def next(self) -> tuple[str, bytes]:
+        """Consume the next lexeme that is not a comment (and the comments before it)."""
+        while self.pos < len(self.items) and self.items[self.pos][0] == "comment":
+            self.pos += 1
+        item = self.peek()
+        self.pos += 1
+        return item
+
+    def comments_here(self) -> list[bytes]:
+        """Comments directly at the cursor (consumed)."""
+        found = []
+        while self.pos < len(self.items) and self.items[self.pos][0] == "comment":
+            found.append(self.items[self.pos][1])
+            self.pos += 1
+        return found
+
+
+def _comment_end(value: bytes, pos: int) -> int:
+    depth = 0
+    while pos < len(value):
+        char = value[pos]
+        pos += 1
+        if char == 0x5C:
+            pos += 1
+        elif char == 0x28:
+            depth += 1
+        elif char == 0x29:
+            depth -= 1
+            if depth == 0:
+                return pos
+    return len(value) + (1 if depth else 0)
+
+
+def _unquote(text: bytes) -> bytes:
+    inner = text[1:-1] if len(text) > 1 and text.endswith(b'"') else text[1:]
+    return re.sub(rb"\\(.)", rb"\1", inner, flags=re.S)
+
+
+def addresses(value: bytes) -> list:
+    """An address-list header value as RFC 3501 address structures, groups included."""
+    lexer = _Lexer(value)
+    result: list = []
+    while lexer.peek()[0] != "end":
+        start = lexer.pos
+        _address(lexer, result)
+        if lexer.pos == start:
+            lexer.next()
+    return result
+
+
+def _phrase(lexer: _Lexer) -> list[bytes]:
+    words = []
+    while True:
+        kind, text = lexer.peek()
+        if kind == "atom" or kind == "other" or (kind == "special" and text == b"."):
+            words.append(text)
+        elif kind == "quoted":
+            words.append(_unquote(text))
+        else:
+            return words
+        lexer.next()
+
+
+def _address(lexer: _Lexer, result: list) -> None:
+    start = lexer.pos
+    words = _phrase(lexer)
+    kind, text = lexer.peek()
+    if text == b":" and kind == "special":
+        lexer.next()
+        result.append([None, None, b" ".join(words) or MISSING_MAILBOX, None])
+        while lexer.peek()[0] != "end" and lexer.peek()[1] != b";":
+            before = lexer.pos
+            _mailbox(lexer, result)
+            if lexer.peek()[1] == b",":
+                lexer.next()
+            elif lexer.pos == before:
+                lexer.next()
+        if lexer.peek()[1] == b";":
+            lexer.next()
+        result.append([None, None, None, None])
+    else:
+        lexer.pos = start
+        _mailbox(lexer, result)
+    if lexer.peek()[1] == b",":
+        lexer.next()
+
+
+def _mailbox(lexer: _Lexer, result: list) -> None:
+    start = lexer.pos
+    words = _phrase(lexer)
+    kind, text = lexer.peek()
+    if text == b"<":
+        lexer.next()
+        route = _route(lexer)
+        mailbox, domain = _addr_spec(lexer)
+        if lexer.peek()[1] == b">":
+            lexer.next()
+        name = b" ".join(words) if words else None
+        result.append([_name(name), route, mailbox, domain])
+        return
+    if text in (b",", b";") and not words:
+        return
+    lexer.pos = start
+    mailbox, domain = _addr_spec(lexer)
+    comments = lexer.comments_here()
+    name = comments[-1] if comments else None
+    result.append([_name(name), None, mailbox, domain])
+
+
+def _name(name: bytes | None) -> bytes | Atom | None:
+    return None if name is None else humane(name)
+
+
+def _route(lexer: _Lexer) -> bytes | None:
+    if lexer.peek()[1] != b"@":
+        return None
+    start = lexer.pos
+    hops = []
+    while lexer.peek()[1] == b"@":
+        lexer.next()
+        hops.append(b"@" + _domain(lexer))
+        if lexer.peek()[1] == b",":
+            lexer.next()
+    if lexer.peek()[1] != b":":
+        lexer.pos = start
+        return None
+    lexer.next()
+    return b",".join(hops)
+
+
+def _addr_spec(lexer: _Lexer) -> tuple[bytes, bytes]:
+    local = []
+    while True:
+        kind, text = lexer.peek()
+        if kind == "atom" or kind == "other" or (kind == "special" and text == b"."):
+            local.append(text)
+        elif kind == "quoted":
+            local.append(_unquote(text))
+        else:
+            break
+        lexer.next()
+    mailbox = b"".join(local) or MISSING_MAILBOX
+    if lexer.peek()[1] != b"@":
+        return mailbox, MISSING_DOMAIN
+    lexer.next()
+    return mailbox, _domain(lexer) or MISSING_DOMAIN
+
+
+def _domain(lexer: _Lexer) -> bytes:
+    parts = []
+    while True:
+        kind, text = lexer.peek()
+        if kind in ("atom", "literal", "other") or (kind == "special" and text == b"."):
+            parts.append(text)
+            lexer.next()
+        else:
+            return b"".join(parts)

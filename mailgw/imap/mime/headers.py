@@ -1,0 +1,234 @@
+"""Header blocks as stored: where they end, their fields, unfolded values, MIME parameters.
+
+Everything works on the stored octets (CRLF, or bare LF tolerated) and never raises on
+malformed input: a line without a colon is kept as a nameless field, an unparseable
+parameter list yields the parameters read before the damage.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: The empty line ending a header block: CRLF CRLF, or the bare-LF variants.
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+#: A MIME token (RFC 2045): anything printable but SPACE, CTLs and tspecials.
+_TOKEN = re.compile(rb'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+')
+_SPACE = re.compile(rb"[ \t\r\n]*")
+
+
+def header_end(data: bytes, start: int = 0, end: int | None = None) -> tuple[int, int]:
+    """Where the header block starting at ``start`` ends: ``(fields_end, body_start)``.
+
+    ``fields_end`` is just past the last field's line ending and ``body_start`` just past the
+    empty line; without an empty line both are ``end`` (all header, no body)."""
+    if end is None:
+        end = len(data)
+    if data.startswith(b"\r\n", start, end):
+        return start, start + 2
+    if data.startswith(b"\n", start, end):
+        return start, start + 1
+    found = _BLANK_LINE.search(data, start, end)
+    if found is None:
+        return end, end
+    return found.start() + 1, found.end()
+
+
+def header_block(data: bytes) -> bytes:
+    """The message's header block as stored, including the empty line that ends it."""
+    return data[: header_end(data)[1]]
+
+
+def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
+    """The fields of a header block as ``(lower-case name, stored octets)``, in stored order.
+
+    The stored octets of a field run from its name to the line ending of its last
+    continuation line.  A line with no colon is a field with an empty name."""
+    fields: list[tuple[bytes, bytes]] = []
+    lines = block.splitlines(keepends=True)
+    current: list[bytes] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+            continue
+        if line in (b"\r\n", b"\n"):
+            break
+        if current:
+            fields.append(_named(current))
+        current = [line]
+    if current:
+        fields.append(_named(current))
+    return fields
+
+
+def _named(lines: list[bytes]) -> tuple[bytes, bytes]:
+    raw = b"".join(lines)
+    colon = raw.find(b":")
+    name = raw[:colon].strip().lower() if colon >= 0 else b""
+    return name, raw
+
+
+def field_value(raw: bytes) -> bytes:
+    """A field's value unfolded (RFC 5322 2.2.3: line endings removed), leading blanks dropped."""
+    colon = raw.find(b":")
+    value = raw[colon + 1 :] if colon >= 0 else b""
+    return value.replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
+
+
+def select_fields(
+    fields: list[tuple[bytes, bytes]], names, negate: bool, ended: bool = True
+) -> bytes:
+    """The fields named (or with ``negate``, not named) in ``names`` (any case, bytes or str),
+    as stored and in stored order, then the empty line if the header had one (``ended``):
+    BODY[HEADER.FIELDS ...]."""
+    wanted = {n.encode("ascii", "replace") if isinstance(n, str) else n for n in names}
+    wanted = {n.lower() for n in wanted}
+    kept = [raw for name, raw in fields if name and (name in wanted) != negate]
+    return b"".join(_ended(raw) for raw in kept) + (b"\r\n" if ended else b"")
+
+
+def _ended(raw: bytes) -> bytes:
+    return raw if raw.endswith(b"\n") else raw + b"\r\n"
+
+
+# -- structured values (RFC 2045 Content-Type and friends) --------------------------------
+
+
+class ValueReader:
+    """A cursor over a structured header value: tokens, quoted strings, comments skipped."""
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+        self.pos = 0
+
+    def skip(self) -> None:
+        """Skip blanks and (nested) comments."""
+        value = self.value
+        while True:
+            self.pos = _SPACE.match(value, self.pos).end()
+            if not value.startswith(b"(", self.pos):
+                return
+            depth = 0
+            while self.pos < len(value):
+                char = value[self.pos]
+                self.pos += 1
+                if char == 0x5C:  # backslash quotes the next octet
+                    self.pos += 1
+                elif char == 0x28:
+                    depth += 1
+                elif char == 0x29:
+                    depth -= 1
+                    if depth == 0:
+                        break
+
+    def token(self) -> bytes | None:
+        """The next MIME token, or None."""
+        self.skip()
+        found = _TOKEN.match(self.value, self.pos)
+        if found is None:
+            return None
+        self.pos = found.end()
+        return found.group()
+
+    def quoted(self) -> bytes:
+        """The quoted string at the cursor (after its opening quote), unescaped; an unclosed
+        string runs to the end of the value."""
+        value = self.value
+        out = bytearray()
+        pos = self.pos + 1
+        while pos < len(value):
+            char = value[pos]
+            if char == 0x22:
+                pos += 1
+                break
+            if char == 0x5C and pos + 1 < len(value):
+                pos += 1
+                char = value[pos]
+            out.append(char)
+            pos += 1
+        self.pos = pos
+        return bytes(out)
+
+    def word(self) -> bytes | None:
+        """A token or a quoted string, or None."""
+        self.skip()
+        if self.value.startswith(b'"', self.pos):
+            return self.quoted()
+        return self.token()
+
+    def take(self, char: bytes) -> bool:
+        """Consume ``char`` if it comes next (after blanks and comments)."""
+        self.skip()
+        if self.value.startswith(char, self.pos):
+            self.pos += 1
+            return True
+        return False
+
+
+def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
+    """``(type, subtype, parameters)`` of a Content-Type value as written (case kept), or None
+    when it does not start with ``type/subtype``."""
+    reader = ValueReader(value)
+    kind = reader.token()
+    if kind is None or not reader.take(b"/"):
+        return None
+    subtype = reader.token()
+    if subtype is None:
+        return None
+    return kind, subtype, parameters(reader)
+
+
+def token_and_parameters(value: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+    """A leading token and its parameters (Content-Disposition), or None without a token."""
+    reader = ValueReader(value)
+    kind = reader.token()
+    if kind is None:
+        return None
+    return kind, parameters(reader)
+
+
+def parameters(reader: ValueReader) -> list[tuple[bytes, bytes]]:
+    """The ``; name=value`` list at the cursor, RFC 2231 continuations merged.
+
+    Names are lower-cased.  Plain parameters come first, in order; continued ones
+    (``name*0``, ``name*1*`` ...) follow, joined into one value, under ``name*`` when any
+    piece was extended (charset'language'%XX), else under ``name`` (Dovecot's order)."""
+    plain: list[tuple[bytes, bytes]] = []
+    pieces: dict[bytes, list[tuple[int, bool, bytes]]] = {}
+    while reader.take(b";"):
+        name = reader.token()
+        if name is None or not reader.take(b"="):
+            break
+        value = reader.word()
+        if value is None:
+            break
+        name = name.lower()
+        star = name.find(b"*")
+        if star < 0:
+            plain.append((name, value))
+            continue
+        base, rest = name[:star], name[star + 1 :]
+        extended = rest.endswith(b"*") or rest == b""
+        number = rest.rstrip(b"*")
+        if not number:
+            plain.append((name, value))
+        elif number.isdigit():
+            pieces.setdefault(base, []).append((int(number), extended, value))
+    for base in sorted(pieces):
+        parts = sorted(pieces[base])
+        extended = any(piece[1] for piece in parts)
+        plain.append((base + b"*" if extended else base, b"".join(p[2] for p in parts)))
+    return plain
+
+
+def language_tags(value: bytes) -> list[bytes]:
+    """The comma-separated tags of a Content-Language value."""
+    reader = ValueReader(value)
+    tags = []
+    while True:
+        tag = reader.token()
+        if tag is None:
+            break
+        tags.append(tag)
+        if not reader.take(b","):
+            break
+    return tags

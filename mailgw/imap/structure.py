@@ -1,0 +1,353 @@
+"""A stored message's MIME structure for IMAP: ENVELOPE, BODY[STRUCTURE], BODY[section], BINARY.
+
+Pure and without I/O: ``parse_message`` takes the octets as stored and finds the header/body
+and multipart boundaries by offset, once, on first need; sections are slices of those
+octets.  Malformed MIME never raises: a missing boundary makes a part run to the end, a
+multipart with no parts gets one empty text/plain part, nesting past ``MAX_DEPTH`` leaves
+the deeper part unparsed.  What is sent follows Debian's Dovecot 2.3 where RFC 3501 leaves
+a choice (types and parameter names as the message has them, ``charset`` defaulted to
+us-ascii on text parts, line counts of text and message/rfc822 parts, a list for
+Content-Language); ``tests/test_imap_structure_dovecot.py`` compares the two.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+
+from mailgw.imap.mime.address import adjacent, envelope_of_fields, envelope_of_header
+from mailgw.imap.mime.headers import (
+    content_type,
+    field_value,
+    header_block,
+    header_end,
+    language_tags,
+    select_fields,
+    split_fields,
+    token_and_parameters,
+)
+from mailgw.imap.mime.transfer import UnknownTransferEncoding, decode
+from mailgw.imap.wire.commands import Section
+from mailgw.imap.wire.responses import Atom
+
+__all__ = [
+    "ParsedMessage",
+    "UnknownTransferEncoding",
+    "envelope_of_header",
+    "header_block",
+    "parse_message",
+]
+
+#: Deepest nesting of multiparts and message/rfc822 parsed (Dovecot's limit); deeper
+#: parts are leaves.
+MAX_DEPTH = 100
+#: Most parts parsed in one message; the rest of the message is the last part's content.
+MAX_PARTS = 10_000
+
+_DASHES_AT_LINE_START = re.compile(rb"^--", re.M)
+_DEFAULT_CHARSET = [b"charset", b"us-ascii"]
+_EMPTY_TEXT = [b"text", b"plain", _DEFAULT_CHARSET, None, None, b"7bit", 0, 0]
+
+
+class Part:
+    """One MIME entity: offsets of its header and body in the message, and what it holds.
+
+    ``children`` is the list of sub-parts of a parsed multipart (else None); ``message``
+    the encapsulated message of a parsed message/rfc822 part (else None)."""
+
+    __slots__ = (
+        "data",
+        "start",
+        "fields_end",
+        "body_start",
+        "end",
+        "children",
+        "message",
+        "digest",
+        "__dict__",
+    )
+
+    def __init__(
+        self, data: bytes, start: int, fields_end: int, body_start: int, digest: bool
+    ) -> None:
+        self.data = data
+        self.start = start
+        #: Just past the last header field; below ``body_start`` when an empty line ends
+        #: the header.
+        self.fields_end = fields_end
+        self.body_start = body_start
+        self.end = len(data)
+        self.children: list[Part] | None = None
+        self.message: Part | None = None
+        #: A part of a multipart/digest: message/rfc822 unless it says otherwise.
+        self.digest = digest
+
+    @cached_property
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        """The header fields as ``(lower-case name, stored octets)``."""
+        return split_fields(self.data[self.start : self.body_start])
+
+    def header(self, name: bytes) -> bytes | None:
+        """The unfolded value of the first field called ``name`` (lower-case), or None."""
+        for field, raw in self.fields:
+            if field == name:
+                return field_value(raw)
+        return None
+
+    @cached_property
+    def content_type(self) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+        """``(type, subtype, parameters)``; text/plain when absent or unparseable."""
+        value = self.header(b"content-type")
+        parsed = content_type(value) if value is not None else None
+        if parsed is not None:
+            return parsed
+        if self.digest and value is None:
+            return b"message", b"rfc822", []
+        return b"text", b"plain", []
+
+    def kind(self) -> bytes:
+        """The lower-case type/subtype, e.g. b"multipart/mixed"."""
+        major, minor, _ = self.content_type
+        return major.lower() + b"/" + minor.lower()
+
+    @property
+    def body(self) -> bytes:
+        """The body octets as stored (transfer-encoded)."""
+        return self.data[self.body_start : self.end]
+
+    def encoding(self) -> bytes | None:
+        """The Content-Transfer-Encoding token as written, or None."""
+        value = self.header(b"content-transfer-encoding")
+        parsed = token_and_parameters(value) if value is not None else None
+        return parsed[0] if parsed is not None else None
+
+
+class _Parser:
+    """Finds the parts of one message, boundaries matched as Dovecot does (innermost first,
+    by prefix), each boundary's preceding line ending belonging to the boundary."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.count = 0
+
+    def boundary(self, pos: int, stack: list[bytes]) -> tuple[int, int, int, bool] | None:
+        """The next boundary line of ``stack`` from ``pos``: (line start, next line start,
+        index in stack, closing?)."""
+        if not stack:
+            return None
+        data = self.data
+        for found in _DASHES_AT_LINE_START.finditer(data, pos):
+            at = found.end()
+            for index in range(len(stack) - 1, -1, -1):
+                if data.startswith(stack[index], at):
+                    after = at + len(stack[index])
+                    newline = data.find(b"\n", after)
+                    line_end = len(data) if newline < 0 else newline + 1
+                    return found.start(), line_end, index, data.startswith(b"--", after)
+        return None
+
+    def content_end(self, body_start: int, stop: tuple | None) -> int:
+        """Where content before the boundary ``stop`` ends (its line ending excluded)."""
+        if stop is None:
+            return len(self.data)
+        end = stop[0]
+        if end > body_start and self.data[end - 1] == 0x0A:
+            end -= 1
+            if end > body_start and self.data[end - 1] == 0x0D:
+                end -= 1
+        return end
+
+    def entity(self, start: int, stack: list[bytes], depth: int, digest: bool = False):
+        """Parse the entity at ``start``; return it and the boundary that ended it."""
+        self.count += 1
+        data = self.data
+        limit = self.boundary(start, stack) if stack else None
+        fields_end, body_start = header_end(data, start, limit[0] if limit else len(data))
+        if limit is not None and limit[0] <= fields_end:
+            body_start = fields_end = max(start, min(fields_end, limit[0]))
+            part = Part(data, start, fields_end, body_start, digest)
+            part.end = body_start
+            return part, limit
+        part = Part(data, start, fields_end, body_start, digest)
+        kind = part.kind()
+        parse = depth < MAX_DEPTH and self.count < MAX_PARTS
+        if parse and kind.startswith(b"multipart/"):
+            return self.multipart(part, stack, depth)
+        if parse and kind == b"message/rfc822":
+            part.message, stop = self.entity(body_start, stack, depth + 1)
+            part.end = part.message.end
+            return part, stop
+        stop = self.boundary(body_start, stack)
+        part.end = self.content_end(body_start, stop)
+        return part, stop
+
+    def multipart(self, part: Part, stack: list[bytes], depth: int):
+        """Parse a multipart's parts (none without a boundary parameter)."""
+        part.children = []
+        boundary = dict(part.content_type[2]).get(b"boundary")
+        inner = [*stack, b"" if not boundary else boundary]
+        own = len(stack)
+        stop = self.boundary(part.body_start, inner) if boundary else None
+        if not boundary:
+            stop = self.boundary(part.body_start, stack)
+        digest = part.kind() == b"multipart/digest"
+        while stop is not None and stop[2] == own:
+            if stop[3]:
+                stop = self.boundary(stop[1], stack)
+                break
+            if self.count >= MAX_PARTS:
+                stop = self.boundary(stop[1], stack)
+                break
+            child, stop = self.entity(stop[1], inner, depth + 1, digest)
+            part.children.append(child)
+        part.end = self.content_end(part.body_start, stop)
+        return part, stop
+
+
+class ParsedMessage:
+    """A stored message, parsed on first need; every method answers, none raises on bad MIME."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @cached_property
+    def root(self) -> Part:
+        """The message as a tree of parts."""
+        return _Parser(self.data).entity(0, [], 0)[0]
+
+    @cached_property
+    def _header_fields(self) -> list[tuple[bytes, bytes]]:
+        return split_fields(header_block(self.data))
+
+    def envelope(self) -> list:
+        """The ENVELOPE, as nested values for ``responses.encode``."""
+        if "root" in self.__dict__:
+            return envelope_of_fields(self.root.fields)
+        return envelope_of_fields(self._header_fields)
+
+    def body_structure(self, extended: bool) -> list:
+        """BODYSTRUCTURE (``extended``) or BODY, as nested values for ``responses.encode``."""
+        return _structure(self.root, extended)
+
+    def find(self, part: tuple[int, ...]) -> Part | None:
+        """The part numbered ``part`` (``()`` is the message), or None if there is none.
+
+        Numbers inside a message/rfc822 part count the parts of the message it holds; part 1
+        of a part that is not multipart is that part itself, and nothing lies below it
+        unless it is a message/rfc822 (as Dovecot answers)."""
+        node = self.root
+        for index, number in enumerate(part):
+            more = index + 1 < len(part)
+            if node.children is not None:
+                if not 1 <= number <= len(node.children):
+                    return None
+                node = node.children[number - 1]
+            elif number != 1 or (more and node.message is None):
+                return None
+            if more and node.message is not None:
+                node = node.message
+        return node
+
+    def section(self, section: Section) -> bytes:
+        """The octets of BODY[section] (before any <partial>); b"" for a part that does not
+        exist, and for HEADER or TEXT of a part that holds no message."""
+        node = self.find(section.part)
+        if node is None:
+            return b""
+        text = section.text
+        if text is None:
+            return node.body if section.part else self.data
+        if text == "MIME":
+            return self.data[node.start : node.body_start]
+        if section.part:
+            node = node.message
+            if node is None:
+                return b""
+        if text == "TEXT":
+            return node.body
+        if text == "HEADER":
+            return self.data[node.start : node.body_start]
+        ended = node.body_start > node.fields_end
+        return select_fields(node.fields, section.fields, text == "HEADER.FIELDS.NOT", ended)
+
+    def binary(self, part: tuple[int, ...]) -> bytes:
+        """The part's content with its Content-Transfer-Encoding undone (RFC 3516); ``()`` is
+        the whole message as stored, a part that does not exist b"".
+
+        Raises UnknownTransferEncoding for an encoding it cannot undo."""
+        if not part:
+            return self.data
+        node = self.find(part)
+        if node is None:
+            return b""
+        encoding = node.encoding()
+        return node.body if encoding is None else decode(encoding, node.body)
+
+    def binary_size(self, part: tuple[int, ...]) -> int:
+        """The octet count of ``binary(part)``.  Raises UnknownTransferEncoding."""
+        return len(self.binary(part))
+
+
+def parse_message(data: bytes) -> ParsedMessage:
+    """The message ``data`` (as stored: CRLF, bare LF tolerated) ready for FETCH."""
+    return ParsedMessage(data)
+
+
+# -- BODY / BODYSTRUCTURE ------------------------------------------------------------------
+
+
+def _structure(part: Part, extended: bool) -> list:
+    if part.children is not None:
+        return _multipart(part, extended)
+    major, minor, params = part.content_type
+    out: list = [major, minor, _parameters(part, params)]
+    out.append(part.header(b"content-id"))
+    description = part.header(b"content-description")
+    out.append(description)
+    out.append(part.encoding() or b"7bit")
+    out.append(part.end - part.body_start)
+    lines = part.data.count(b"\n", part.body_start, part.end)
+    if part.message is not None:
+        out.append(envelope_of_fields(part.message.fields))
+        out.append(_structure(part.message, extended))
+        out.append(lines)
+    elif major.lower() == b"text":
+        out.append(lines)
+    if extended:
+        out.append(part.header(b"content-md5"))
+        out.extend(_extension(part))
+    return out
+
+
+def _multipart(part: Part, extended: bool) -> list:
+    children = [_structure(child, extended) for child in part.children]
+    if not children:
+        children = [_EMPTY_TEXT + ([None] * 4 if extended else [])]
+    out: list = [Atom(adjacent(children)[1:-1]), part.content_type[1]]
+    if extended:
+        params = part.content_type[2]
+        out.append(_flat(params) or None)
+        out.extend(_extension(part))
+    return out
+
+
+def _parameters(part: Part, params: list[tuple[bytes, bytes]]) -> list | None:
+    flat = _flat(params)
+    if part.content_type[0].lower() == b"text" and not any(k == b"charset" for k, _ in params):
+        flat.extend(_DEFAULT_CHARSET)
+    return flat or None
+
+
+def _flat(params: list[tuple[bytes, bytes]]) -> list:
+    return [item for pair in params for item in pair]
+
+
+def _extension(part: Part) -> list:
+    """Disposition, language and location (the extension data after MD5)."""
+    value = part.header(b"content-disposition")
+    parsed = token_and_parameters(value) if value is not None else None
+    disposition = None if parsed is None else [parsed[0], _flat(parsed[1]) or None]
+    value = part.header(b"content-language")
+    languages = language_tags(value) if value is not None else []
+    location = part.header(b"content-location")
+    return [disposition, languages or None, location]
