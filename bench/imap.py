@@ -41,6 +41,7 @@ import re
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from imap_client import Client, IMAPError, session
@@ -61,6 +62,7 @@ from pop3 import (
     PASSWORD,
     TIMEOUT,
     MaildirStore,
+    ServerProcess,
     argon2,
     build,
     copy_for_dovecot,
@@ -145,12 +147,13 @@ def mb_per_s(octets: int, seconds: float) -> float:
 
 class Bench:
     """The measurements, on two running servers: ``ports`` and ``runs`` as given; what did not
-    come out as expected is collected in ``problems``."""
+    come out as expected is collected in ``problems``, how a figure was counted in ``notes``."""
 
     def __init__(self, ports: dict[str, int], runs: int) -> None:
         self.ports = ports
         self.runs = runs
         self.problems: list[str] = []
+        self.notes: list[str] = []
 
     def rounds(self, times: int | None = None):
         """(server name, port) for each run, the servers' order alternating."""
@@ -163,6 +166,16 @@ class Bench:
         """Note a response that is not what both servers should give."""
         if got != wanted:
             self.problems.append(f"{name}: {what}: got {got}, expected {wanted}")
+
+    def attempt(self, measure: Callable[..., Row | list[Row]], *args) -> list[Row]:
+        """The rows of ``measure(*args)``; none if a server failed it (noted in ``problems``),
+        so that one command a server gets wrong leaves the other figures."""
+        try:
+            rows = measure(*args)
+        except (IMAPError, OSError) as error:
+            self.problems.append(f"{measure.__name__} stopped: {error}")
+            return []
+        return rows if isinstance(rows, list) else [rows]
 
     def client_like(self) -> list[Row]:
         """Body batches (1 and 4 clients), STORE, SEARCH UNSEEN, COMPRESS=DEFLATE."""
@@ -293,6 +306,47 @@ class Bench:
             client.close()
         return row
 
+    def idle_memory(self, base: Path, dovecot: DovecotIMAP) -> Row:
+        """Memory per idle session on a fresh mailgw and on the running Dovecot (how it was
+        counted: in ``notes``)."""
+        row = Row(
+            f"memory per idle session ({IDLE_SESSIONS})", "KB", "lower", target=below(100, "KB")
+        )
+        mailgw = start_mailgw(base, "idle")
+        try:
+            port = mailgw.ports["imap"]
+            warm = [session(port, user) for user in BODY_USERS]  # the folders open, once each
+            for client in warm:
+                client.command("SELECT INBOX")
+            pid = mailgw.process.pid
+            before = status_kb(pid, "VmRSS")
+            clients = open_idle(port)
+            time.sleep(1)
+            row.add("mailgw", (status_kb(pid, "VmRSS") - before) / IDLE_SESSIONS)
+            for client in clients + warm:
+                client.close()
+        finally:
+            mailgw.stop()
+        old = tree(dovecot.pid)
+        before = sum(pss_kb(pid) for pid in old)
+        clients = open_idle(dovecot.port)
+        time.sleep(1)
+        now = tree(dovecot.pid)
+        grown = sum(pss_kb(pid) for pid in now) - before
+        workers = [pid for pid, name in now.items() if name == "imap" and pid not in old]
+        rss = sum(status_kb(pid, "VmRSS") for pid in workers)
+        for client in clients:
+            client.close()
+        row.add("Dovecot", grown / IDLE_SESSIONS)
+        self.notes.append(
+            f"idle sessions: {IDLE_SESSIONS} logged in, INBOX (1,000 messages) selected, the 4 body"
+            " users in turn; mailgw: growth of its twistd's VmRSS / 500 (a fresh process, each"
+            " folder opened once before); Dovecot: growth of the Pss sum over all its processes"
+            f" / 500 ({len(workers)} new imap processes; their VmRSS summed / 500 would be"
+            f" {rss / IDLE_SESSIONS:,.0f} KB, counting shared library pages once per process)"
+        )
+        return row
+
 
 def open_idle(port: int) -> list[Client]:
     """IDLE_SESSIONS sessions, the body users in turn, each with INBOX selected."""
@@ -304,48 +358,10 @@ def open_idle(port: int) -> list[Client]:
     return clients
 
 
-def idle_memory(base: Path, dovecot: DovecotIMAP) -> tuple[Row, list[str]]:
-    """Memory per idle session on a fresh mailgw and on the running Dovecot; how counted."""
-    row = Row(f"memory per idle session ({IDLE_SESSIONS})", "KB", "lower", target=below(100, "KB"))
-    mailgw = start_mailgw(base, "idle")
-    try:
-        port = mailgw.ports["imap"]
-        warm = [session(port, user) for user in BODY_USERS]  # the folders open, once each
-        for client in warm:
-            client.command("SELECT INBOX")
-        pid = mailgw.process.pid
-        before = status_kb(pid, "VmRSS")
-        clients = open_idle(port)
-        time.sleep(1)
-        row.add("mailgw", (status_kb(pid, "VmRSS") - before) / IDLE_SESSIONS)
-        for client in clients + warm:
-            client.close()
-    finally:
-        mailgw.stop()
-    old = tree(dovecot.pid)
-    before = sum(pss_kb(pid) for pid in old)
-    clients = open_idle(dovecot.port)
-    time.sleep(1)
-    now = tree(dovecot.pid)
-    grown = sum(pss_kb(pid) for pid in now) - before
-    workers = [pid for pid, name in now.items() if name == "imap" and pid not in old]
-    rss = sum(status_kb(pid, "VmRSS") for pid in workers)
-    for client in clients:
-        client.close()
-    row.add("Dovecot", grown / IDLE_SESSIONS)
-    return row, [
-        f"idle sessions: {IDLE_SESSIONS} logged in, INBOX (1,000 messages) selected, the 4 body"
-        " users in turn; mailgw: growth of its twistd's VmRSS / 500 (a fresh process, each"
-        " folder opened once before); Dovecot: growth of the Pss sum over all its processes"
-        f" / 500 ({len(workers)} new imap processes; their VmRSS summed / 500 would be"
-        f" {rss / IDLE_SESSIONS:,.0f} KB, counting shared library pages once per process)"
-    ]
-
-
-def memory_row(label: str, mailgw_pid: int, sampler: TreeSampler, target) -> Row:
-    """Peak memory now: mailgw's VmHWM, Dovecot's sampled peak Pss sum (MB)."""
+def memory_row(label: str, mailgw: ServerProcess, sampler: TreeSampler, target) -> Row:
+    """Peak memory so far: mailgw's VmHWM, Dovecot's sampled peak Pss sum (MB)."""
     row = Row(label, "MB", "lower", target=target)
-    row.add("mailgw", status_kb(mailgw_pid, "VmHWM") / 1024)
+    row.add("mailgw", status_kb(mailgw.process.pid, "VmHWM") / 1024)
     row.add("Dovecot", sampler.peaks()[0] / 1024)
     return row
 
@@ -419,22 +435,16 @@ def run(base: Path, runs: int, sizes: list[int]) -> tuple[list[Row], list[str], 
     sampler.start()
     bench = Bench({"mailgw": mailgw.ports["imap"], "Dovecot": dovecot.port}, runs)
     try:
-        rows = bench.client_like()
-        rows.append(
-            memory_row(
-                "peak memory, client-like part", mailgw.process.pid, sampler, below(100, "MB")
-            )
-        )
+        rows = bench.attempt(bench.client_like)
+        rows.append(memory_row("peak memory, client-like part", mailgw, sampler, below(100, "MB")))
         for count, user in big_users.items():
-            rows += bench.big_folder(count, user, count == max(sizes))
-        rows.append(bench.search_text(big_users[SEARCH_MESSAGES]))
-        rows.append(memory_row("peak memory, whole run", mailgw.process.pid, sampler, None))
+            rows += bench.attempt(bench.big_folder, count, user, count == max(sizes))
+        rows += bench.attempt(bench.search_text, big_users[SEARCH_MESSAGES])
+        rows.append(memory_row("peak memory, whole run", mailgw, sampler, None))
         _, dovecot_rss, worker_hwm = sampler.peaks()
+        sampler.stop()  # (500 idle Dovecot processes would make sampling them costly)
         mailgw.stop()
-        idle, idle_notes = idle_memory(base, dovecot)
-        rows.append(idle)
-    except IMAPError as error:
-        raise SystemExit(f"stopped: {error}") from None
+        rows += bench.attempt(bench.idle_memory, base, dovecot)
     finally:
         sampler.stop()
         mailgw.stop()
@@ -446,7 +456,7 @@ def run(base: Path, runs: int, sizes: list[int]) -> tuple[list[Row], list[str], 
         f" the largest imap process's VmHWM {worker_hwm / 1024:.1f} MB",
         "4 clients: 4 users, a client process each, started together; MB/s over the whole",
         "COMPRESS=DEFLATE: MB/s of message data (uncompressed), zlib raw deflate in the client",
-        *idle_notes,
+        *bench.notes,
         LIMITS_NOTE,
     ]
     if len(sizes) == 1:
