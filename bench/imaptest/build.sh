@@ -7,11 +7,12 @@
 # SRC_DIR_OR_GIT_DIR: an imaptest source tree, or a (bare) git directory of
 # https://github.com/dovecot/imaptest, from which the pinned commit below is extracted.
 # OUT_DIR (default bench/imaptest/build/, git-ignored) receives `imaptest` and `tests/`
-# (imaptest's src/tests/).  Installs its build dependencies with apt-get when they are missing.
+# (imaptest's src/tests/) and `imaptest.version` (0.0.0+COMMIT).  Installs its build
+# dependencies with apt-get when they are missing.
 #
 # The pin: 924f619 (2022-03-09) is the last imaptest commit that builds against Dovecot 2.3;
 # the next one, ba1d6ab, adopts Dovecot 2.4's three-argument str_begins().  Debian's 2.3.19.1
-# carries the 2.3.21.1 security fix that gave imap_parser_create() a fourth `params` argument,
+# carries the fix for CVE-2024-23185 (from 2.3.21.1) that gave imap_parser_create() a fourth `params` argument,
 # which imaptest never passed: the three calls are given NULL (no list-depth limit, as before).
 set -eu
 
@@ -36,10 +37,11 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/imaptest-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 if git --git-dir="$SRC" rev-parse --verify -q "$PIN^{commit}" >/dev/null 2>&1; then
     git --git-dir="$SRC" archive "$PIN" | tar -x -C "$WORK"
-    echo "0.0.0+${PIN%"${PIN#???????}"}" >"$WORK/version"
+    echo "0.0.0+$PIN" >"$WORK/version"
 elif [ -f "$SRC/configure.ac" ] && [ -d "$SRC/src/tests" ]; then
     cp -R "$SRC/." "$WORK/"
-    [ -s "$WORK/version" ] || [ -e "$WORK/.git" ] || echo "0.0.0+unknown" >"$WORK/version"
+    [ -s "$WORK/version" ] ||
+        echo "0.0.0+$(git -C "$SRC" rev-parse HEAD 2>/dev/null || echo unknown)" >"$WORK/version"
 else
     echo "build.sh: $SRC is neither an imaptest tree nor a git directory holding $PIN" >&2
     exit 1
@@ -59,4 +61,5 @@ mkdir -p "$OUT"
 rm -rf "$OUT/tests"
 cp src/imaptest "$OUT/imaptest"
 cp -R src/tests "$OUT/tests"
-echo "build.sh: $OUT/imaptest and $OUT/tests/ (imaptest $(cat version 2>/dev/null || echo "$PIN"))"
+cat version >"$OUT/imaptest.version"
+echo "build.sh: $OUT/imaptest and $OUT/tests/ (imaptest $(cat version))"
