@@ -126,7 +126,7 @@ def stress_mbox(tests: Path, target: Path) -> Path:
 
 class Stress:
     """A stress run's outcome: imaptest's exit status, its errors counted by kind (numbers
-    but in command names replaced by N), and its totals of commands sent (a table of three lines and the counts)."""
+    replaced by N, but in command names), and its totals of commands sent per command."""
 
     def __init__(self, status: int, errors: collections.Counter, totals: str) -> None:
         self.status = status
