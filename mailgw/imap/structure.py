@@ -18,13 +18,15 @@ from functools import cached_property
 from mailgw.imap.mime.address import adjacent, envelope_of_fields, envelope_of_header
 from mailgw.imap.mime.headers import (
     content_type,
+    disposition,
     field_value,
     header_block,
     header_end,
     language_tags,
+    leading_token,
+    parameter,
     select_fields,
     split_fields,
-    token_and_parameters,
 )
 from mailgw.imap.mime.transfer import UnknownTransferEncoding, decode
 from mailgw.imap.wire.commands import Section
@@ -38,10 +40,10 @@ __all__ = [
     "parse_message",
 ]
 
-#: Deepest nesting of multiparts and message/rfc822 parsed (Dovecot's limit); deeper
-#: parts are leaves.
+#: Deepest nesting of parts, the message counted (Dovecot's limit): a multipart or
+#: message/rfc822 at the bottom is a leaf, shown as application/octet-stream.
 MAX_DEPTH = 100
-#: Most parts parsed in one message; the rest of the message is the last part's content.
+#: Most parts parsed in one message; a container met after that is a leaf as above.
 MAX_PARTS = 10_000
 
 _DASHES_AT_LINE_START = re.compile(rb"^--", re.M)
@@ -118,8 +120,7 @@ class Part:
     def encoding(self) -> bytes | None:
         """The Content-Transfer-Encoding token as written, or None."""
         value = self.header(b"content-transfer-encoding")
-        parsed = token_and_parameters(value) if value is not None else None
-        return parsed[0] if parsed is not None else None
+        return leading_token(value) if value is not None else None
 
 
 class _Parser:
@@ -146,14 +147,16 @@ class _Parser:
                     return found.start(), line_end, index, data.startswith(b"--", after)
         return None
 
-    def content_end(self, body_start: int, stop: tuple | None) -> int:
-        """Where content before the boundary ``stop`` ends (its line ending excluded)."""
+    def content_end(self, floor: int, stop: tuple | None) -> int:
+        """Where content before the boundary ``stop`` ends: the line ending before the
+        boundary is the boundary's, unless it lies before ``floor`` (it ended a line that
+        was not content, such as a closing delimiter)."""
         if stop is None:
             return len(self.data)
         end = stop[0]
-        if end > body_start and self.data[end - 1] == 0x0A:
+        if end > floor and self.data[end - 1] == 0x0A:
             end -= 1
-            if end > body_start and self.data[end - 1] == 0x0D:
+            if end > floor and self.data[end - 1] == 0x0D:
                 end -= 1
         return end
 
@@ -164,16 +167,19 @@ class _Parser:
         limit = self.boundary(start, stack) if stack else None
         fields_end, body_start = header_end(data, start, limit[0] if limit else len(data))
         if limit is not None and limit[0] <= fields_end:
-            body_start = fields_end = max(start, min(fields_end, limit[0]))
-            part = Part(data, start, fields_end, body_start, digest)
-            part.end = body_start
+            end = self.content_end(start, limit)
+            part = Part(data, start, end, end, digest)
+            part.end = end
             return part, limit
         part = Part(data, start, fields_end, body_start, digest)
         kind = part.kind()
-        parse = depth < MAX_DEPTH and self.count < MAX_PARTS
-        if parse and kind.startswith(b"multipart/"):
+        container = kind.startswith(b"multipart/") or kind == b"message/rfc822"
+        if container and (depth + 1 >= MAX_DEPTH or self.count >= MAX_PARTS):
+            # Too deep or too many: a leaf of unknown content, as Dovecot shows it.
+            part.content_type = (b"application", b"octet-stream", part.content_type[2])
+        elif kind.startswith(b"multipart/"):
             return self.multipart(part, stack, depth)
-        if parse and kind == b"message/rfc822":
+        elif container:
             part.message, stop = self.entity(body_start, stack, depth + 1)
             part.end = part.message.end
             return part, stop
@@ -184,23 +190,23 @@ class _Parser:
     def multipart(self, part: Part, stack: list[bytes], depth: int):
         """Parse a multipart's parts (none without a boundary parameter)."""
         part.children = []
-        boundary = dict(part.content_type[2]).get(b"boundary")
+        boundary = parameter(part.content_type[2], b"boundary")
         inner = [*stack, b"" if not boundary else boundary]
         own = len(stack)
-        stop = self.boundary(part.body_start, inner) if boundary else None
-        if not boundary:
-            stop = self.boundary(part.body_start, stack)
+        stop = self.boundary(part.body_start, inner if boundary else stack)
         digest = part.kind() == b"multipart/digest"
+        floor = part.body_start
+        child = None
         while stop is not None and stop[2] == own:
-            if stop[3]:
-                stop = self.boundary(stop[1], stack)
-                break
-            if self.count >= MAX_PARTS:
-                stop = self.boundary(stop[1], stack)
+            child = None
+            if stop[3] or self.count >= MAX_PARTS:
+                floor = stop[1]
+                stop = self.boundary(floor, stack)
                 break
             child, stop = self.entity(stop[1], inner, depth + 1, digest)
             part.children.append(child)
-        part.end = self.content_end(part.body_start, stop)
+        # A part ended by an outer boundary ends where its last sub-part does.
+        part.end = child.end if child is not None else self.content_end(floor, stop)
         return part, stop
 
 
@@ -288,8 +294,16 @@ class ParsedMessage:
         return len(self.binary(part))
 
 
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
 def parse_message(data: bytes) -> ParsedMessage:
-    """The message ``data`` (as stored: CRLF, bare LF tolerated) ready for FETCH."""
+    """The message ``data`` (as stored) ready for FETCH.
+
+    A message with bare LF line endings is seen with CRLF ones, in sizes and sections alike
+    (as Dovecot serves it, and as IMAP wants it); a CRLF message is not copied."""
+    if data.count(b"\n") != data.count(b"\r\n"):
+        data = _BARE_LF.sub(b"\r\n", data)
     return ParsedMessage(data)
 
 
@@ -333,7 +347,7 @@ def _multipart(part: Part, extended: bool) -> list:
 
 def _parameters(part: Part, params: list[tuple[bytes, bytes]]) -> list | None:
     flat = _flat(params)
-    if part.content_type[0].lower() == b"text" and not any(k == b"charset" for k, _ in params):
+    if part.content_type[0].lower() == b"text" and parameter(params, b"charset") is None:
         flat.extend(_DEFAULT_CHARSET)
     return flat or None
 
@@ -345,9 +359,12 @@ def _flat(params: list[tuple[bytes, bytes]]) -> list:
 def _extension(part: Part) -> list:
     """Disposition, language and location (the extension data after MD5)."""
     value = part.header(b"content-disposition")
-    parsed = token_and_parameters(value) if value is not None else None
-    disposition = None if parsed is None else [parsed[0], _flat(parsed[1]) or None]
+    if value is None:
+        shown = None
+    else:
+        kind, params = disposition(value)
+        shown = [kind, _flat(params) or None]
     value = part.header(b"content-language")
     languages = language_tags(value) if value is not None else []
     location = part.header(b"content-location")
-    return [disposition, languages or None, location]
+    return [shown, languages or None, location]

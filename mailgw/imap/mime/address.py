@@ -72,23 +72,27 @@ def envelope_of_header(header_block: bytes) -> list:
 
 
 def envelope_of_fields(fields: list[tuple[bytes, bytes]]) -> list:
-    """The ENVELOPE from already split header fields (see ``split_fields``)."""
-    values: dict[bytes, bytes] = {}
+    """The ENVELOPE from already split header fields (see ``split_fields``).
+
+    As Dovecot: of a repeated Date, Subject, In-Reply-To or Message-ID the last counts; the
+    addresses of a repeated address field are joined."""
+    texts: dict[bytes, bytes] = {}
+    found: dict[bytes, list] = {}
     for name, raw in fields:
-        if name in _ENVELOPE_FIELDS and name not in values:
-            values[name] = field_value(raw)
+        if name in _ADDRESS_FIELDS:
+            found.setdefault(name, []).extend(addresses(field_value(raw)))
+        elif name in _ENVELOPE_FIELDS:
+            texts[name] = field_value(raw)
     envelope: list = []
     for name in _ENVELOPE_FIELDS:
-        value = values.get(name)
         if name in _ADDRESS_FIELDS:
-            found = addresses(value) if value is not None else []
-            envelope.append(adjacent(found) if found else None)
-        elif value is None:
+            envelope.append(adjacent(found[name]) if found.get(name) else None)
+        elif name not in texts:
             envelope.append(None)
         elif name == b"subject":
-            envelope.append(humane(value))
+            envelope.append(humane(texts[name]))
         else:
-            envelope.append(dovecot_string(value))
+            envelope.append(dovecot_string(texts[name]))
     for sender in (3, 4):
         if envelope[sender] is None:
             envelope[sender] = envelope[2]
@@ -221,7 +225,10 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
         name = b" ".join(words) if words else None
         result.append([_name(name), route, mailbox, domain])
         return
-    if text in (b",", b";") and not words:
+    if text == b";" and not words:
+        return
+    if text == b"," and not words:
+        result.append([None, None, MISSING_MAILBOX, MISSING_DOMAIN])
         return
     lexer.pos = start
     mailbox, domain = _addr_spec(lexer)

@@ -68,10 +68,11 @@ def _named(lines: list[bytes]) -> tuple[bytes, bytes]:
 
 
 def field_value(raw: bytes) -> bytes:
-    """A field's value unfolded (RFC 5322 2.2.3: line endings removed), leading blanks dropped."""
+    """A field's value unfolded (RFC 5322 2.2.3: line endings removed), the blanks after the
+    colon dropped (those of a continuation line kept, as Dovecot does)."""
     colon = raw.find(b":")
-    value = raw[colon + 1 :] if colon >= 0 else b""
-    return value.replace(b"\r", b"").replace(b"\n", b"").lstrip(b" \t")
+    value = raw[colon + 1 :].lstrip(b" \t") if colon >= 0 else b""
+    return value.replace(b"\r", b"").replace(b"\n", b"")
 
 
 def select_fields(
@@ -177,23 +178,28 @@ def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]
     return kind, subtype, parameters(reader)
 
 
-def token_and_parameters(value: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
-    """A leading token and its parameters (Content-Disposition), or None without a token."""
+def leading_token(value: bytes) -> bytes | None:
+    """The token a value starts with (Content-Transfer-Encoding), or None."""
+    return ValueReader(value).token()
+
+
+def disposition(value: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A Content-Disposition's type (b"" when missing, as Dovecot sends) and parameters."""
     reader = ValueReader(value)
     kind = reader.token()
-    if kind is None:
-        return None
-    return kind, parameters(reader)
+    return kind or b"", parameters(reader)
 
 
 def parameters(reader: ValueReader) -> list[tuple[bytes, bytes]]:
     """The ``; name=value`` list at the cursor, RFC 2231 continuations merged.
 
-    Names are lower-cased.  Plain parameters come first, in order; continued ones
-    (``name*0``, ``name*1*`` ...) follow, joined into one value, under ``name*`` when any
-    piece was extended (charset'language'%XX), else under ``name`` (Dovecot's order)."""
+    Names keep the message's spelling.  Plain parameters come first, in order; RFC 2231
+    ones (``name*``, ``name*0``, ``name*1*`` ...) follow sorted by name, each joined into one
+    value, under ``name*`` when any piece was extended (charset'language'%XX), else under
+    ``name`` (Dovecot's order)."""
     plain: list[tuple[bytes, bytes]] = []
     pieces: dict[bytes, list[tuple[int, bool, bytes]]] = {}
+    spelling: dict[bytes, bytes] = {}
     while reader.take(b";"):
         name = reader.token()
         if name is None or not reader.take(b"="):
@@ -201,23 +207,30 @@ def parameters(reader: ValueReader) -> list[tuple[bytes, bytes]]:
         value = reader.word()
         if value is None:
             break
-        name = name.lower()
         star = name.find(b"*")
         if star < 0:
             plain.append((name, value))
             continue
         base, rest = name[:star], name[star + 1 :]
-        extended = rest.endswith(b"*") or rest == b""
-        number = rest.rstrip(b"*")
-        if not number:
-            plain.append((name, value))
-        elif number.isdigit():
-            pieces.setdefault(base, []).append((int(number), extended, value))
-    for base in sorted(pieces):
-        parts = sorted(pieces[base])
-        extended = any(piece[1] for piece in parts)
-        plain.append((base + b"*" if extended else base, b"".join(p[2] for p in parts)))
+        number = rest.rstrip(b"*") or b"0"
+        if number.isdigit():
+            key = base.lower()
+            spelling.setdefault(key, base)
+            extended = rest.endswith(b"*") or not rest
+            pieces.setdefault(key, []).append((int(number), extended, value))
+    for key in sorted(pieces):
+        parts = sorted(pieces[key])
+        name = spelling[key] + (b"*" if any(piece[1] for piece in parts) else b"")
+        plain.append((name, b"".join(piece[2] for piece in parts)))
     return plain
+
+
+def parameter(params: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the first parameter called ``name`` (lower-case; any case matches)."""
+    for key, value in params:
+        if key.lower() == name:
+            return value
+    return None
 
 
 def language_tags(value: bytes) -> list[bytes]:
