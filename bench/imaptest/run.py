@@ -144,7 +144,7 @@ def stress(imaptest: Path, port: int, seconds: int, mbox: Path) -> Stress:
     for line in done.stderr.decode(errors="replace").splitlines():
         if line.startswith(("Error:", "Panic:", "Fatal:")):
             match = _STRESS_ERROR.match(line)
-            kind = match.group(1) if match else line
+            kind = (match.group(1) if match else line).partition(": * ")[0]  # not the reply
             errors[re.sub(r"(?<![A-Z])\d+", "N", kind)[:160]] += 1
     stdout = done.stdout.decode(errors="replace")
     totals = stdout.rpartition("Totals:\n")[2].strip("\n") or "(no totals)"
