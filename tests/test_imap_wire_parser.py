@@ -324,6 +324,16 @@ def test_extension_examples(line, expected):
     assert parse(line) == expected
 
 
+def test_every_command_of_the_contract_has_an_example():
+    produced = {type(expected) for _, expected in RFC3501 + EXTENSIONS}
+    contract = {
+        cls
+        for cls in vars(c).values()
+        if isinstance(cls, type) and issubclass(cls, c.Command) and cls is not c.Command
+    }
+    assert contract - produced == {c.Append}  # APPEND has its own tests (literals)
+
+
 def test_fetch_sections_and_partials():
     command = parse(
         b'a fetch 5 (body.peek[1.2.header.fields.not (Received "X-Spam")]<10.0> body[1.MIME] '
@@ -423,6 +433,20 @@ def test_search_strings_in_their_charset():
     assert tree == ("AND", [("HEADER", "subject", "söme")])
     tree = parse_command(b"a SEARCH CHARSET UTF-8 TEXT {5}\r\ns\xc3\xb6me\r\n").criteria
     assert tree == ("AND", [("TEXT", "söme")])
+
+
+@pytest.mark.parametrize("charset", [b"base64", b"rot13", b"idna", b"punycode", b"x-unknown"])
+def test_search_in_charsets_python_cannot_decode_text_with(charset):
+    command = parse_command(b"a SEARCH CHARSET %s TEXT {2}\r\n\xff\xfe\r\n" % charset)
+    assert command.charset == charset.decode()
+    assert command.criteria == ("AND", [("TEXT", "\ufffd\ufffd")])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.from_regex(rb'[A-Za-z0-9_.:-]{1,16}|"[A-Za-z0-9_ -]{0,8}"', fullmatch=True))
+def test_any_charset_name_parses(charset):
+    command = parse_command(b"a SEARCH CHARSET " + charset + b" TEXT {2}\r\n\xc3\xa9\r\n")
+    assert command.criteria[1][0][0] == "TEXT"
 
 
 def test_search_nesting_limit():

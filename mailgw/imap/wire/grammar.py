@@ -59,9 +59,8 @@ class ParseError(Exception):
         self.reason = reason
 
 
-@functools.lru_cache(maxsize=256)
 def _sequence_set(raw: bytes) -> SequenceSet:
-    """The SequenceSet ``raw`` spells (clients repeat the same few, hence the cache)."""
+    """The SequenceSet ``raw`` spells, or ValueError."""
     if raw == b"$":
         return SequenceSet(saved=True)
     ranges = []
@@ -70,6 +69,10 @@ def _sequence_set(raw: bytes) -> SequenceSet:
         low_n = _seq_number(low)
         ranges.append((low_n, _seq_number(high) if colon else low_n))
     return SequenceSet(tuple(ranges))
+
+
+#: Short sequence sets, remembered: clients repeat the same few (``1:*``, ``$``).
+_cached_sequence_set = functools.lru_cache(maxsize=256)(_sequence_set)
 
 
 def _seq_number(raw: bytes) -> int | None:
@@ -269,7 +272,7 @@ class Reader:
         if raw == b"$" and not saved:
             self.fail("$ is not allowed here")
         try:
-            return _sequence_set(raw)
+            return _cached_sequence_set(raw) if len(raw) <= 64 else _sequence_set(raw)
         except ValueError as error:
             self.fail(str(error))
 

@@ -41,14 +41,23 @@ _LPAREN, _RPAREN, _QUOTE = b'()"'
 
 
 def charset_decoder(charset: str | None):
-    """A function turning a search string's octets into ``str`` for ``charset``."""
+    """A function turning a search string's octets into ``str`` for ``charset`` (UTF-8 when
+    Python has no text codec of that name, or its codec fails)."""
     name = "utf-8"
     if charset:
         try:
             name = codecs.lookup(charset).name
-        except LookupError:
+            b"a".decode(name, "replace")  # LookupError for bytes-to-bytes codecs (base64...)
+        except (LookupError, UnicodeError):
             name = "utf-8"
-    return lambda raw: raw.decode(name, "replace")
+
+    def decode(raw: bytes) -> str:
+        try:
+            return raw.decode(name, "replace")
+        except UnicodeError:  # codecs without "replace" (idna) or stricter inside (punycode)
+            return raw.decode("utf-8", "replace")
+
+    return decode
 
 
 def read_criteria(reader: Reader, charset: str | None) -> tuple:
