@@ -89,12 +89,17 @@ class Part:
         """The header fields as ``(lower-case name, stored octets)``."""
         return split_fields(self.data[self.start : self.body_start])
 
+    @cached_property
+    def _first(self) -> dict[bytes, bytes]:
+        first: dict[bytes, bytes] = {}
+        for field, raw in self.fields:
+            first.setdefault(field, raw)
+        return first
+
     def header(self, name: bytes) -> bytes | None:
         """The unfolded value of the first field called ``name`` (lower-case), or None."""
-        for field, raw in self.fields:
-            if field == name:
-                return field_value(raw)
-        return None
+        raw = self._first.get(name)
+        return None if raw is None else field_value(raw)
 
     @cached_property
     def content_type(self) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
@@ -211,10 +216,21 @@ class _Parser:
 
 
 class ParsedMessage:
-    """A stored message, parsed on first need; every method answers, none raises on bad MIME."""
+    """A stored message, parsed on first need; every method answers, none raises on bad MIME.
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    A message with bare LF line endings is seen with CRLF ones, in sizes and sections alike
+    (as Dovecot serves it, and as IMAP wants it); a CRLF message is never copied."""
+
+    def __init__(self, stored: bytes) -> None:
+        self._stored = stored
+
+    @cached_property
+    def data(self) -> bytes:
+        """The message's octets as IMAP sees them (CRLF line endings)."""
+        stored = self._stored
+        if stored.count(b"\n") != stored.count(b"\r\n"):
+            return _BARE_LF.sub(b"\r\n", stored)
+        return stored
 
     @cached_property
     def root(self) -> Part:
@@ -223,7 +239,7 @@ class ParsedMessage:
 
     @cached_property
     def _header_fields(self) -> list[tuple[bytes, bytes]]:
-        return split_fields(header_block(self.data))
+        return split_fields(header_block(self._stored))
 
     def envelope(self) -> list:
         """The ENVELOPE, as nested values for ``responses.encode``."""
@@ -298,12 +314,8 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 def parse_message(data: bytes) -> ParsedMessage:
-    """The message ``data`` (as stored) ready for FETCH.
-
-    A message with bare LF line endings is seen with CRLF ones, in sizes and sections alike
-    (as Dovecot serves it, and as IMAP wants it); a CRLF message is not copied."""
-    if data.count(b"\n") != data.count(b"\r\n"):
-        data = _BARE_LF.sub(b"\r\n", data)
+    """The message ``data`` (as stored: CRLF, bare LF tolerated) ready for FETCH; nothing is
+    parsed before it is needed (ENVELOPE alone reads only the header block)."""
     return ParsedMessage(data)
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 
 from mailgw.imap.mime.headers import field_value, split_fields
-from mailgw.imap.wire.responses import Atom, encode, literal
+from mailgw.imap.wire.responses import Atom, encode, literal, string
 
 #: What an address lacks is filled in with these (Dovecot's placeholders).
 MISSING_MAILBOX = b"MISSING_MAILBOX"
 MISSING_DOMAIN = b"MISSING_DOMAIN"
+#: The domain of an address Dovecot could not parse (the rest of the list is dropped).
+SYNTAX_ERROR = b"SYNTAX_ERROR"
 
 _ENVELOPE_FIELDS = (
     b"date",
@@ -56,7 +58,20 @@ def humane(text: bytes) -> bytes | Atom:
 def adjacent(items: list) -> Atom:
     """A parenthesised list of lists written with no space between them, as RFC 3501
     writes address lists and the bodies of a multipart (``((...)(...))``)."""
-    return Atom(b"(" + b"".join(encode(item) for item in items) + b")")
+    return Atom(b"(" + b"".join(map(encode, items)) + b")")
+
+
+def _address_list(found: list) -> Atom:
+    """``adjacent(found)`` for addresses (four nstrings each), without the general encoder."""
+    return Atom(
+        b"(" + b"".join(b"(" + b" ".join(map(_nstring, address)) + b")" for address in found) + b")"
+    )
+
+
+def _nstring(value: bytes | None) -> bytes:
+    if value is None:
+        return b"NIL"
+    return value if isinstance(value, Atom) else string(value)
 
 
 def dovecot_string(text: bytes) -> bytes | Atom:
@@ -86,7 +101,7 @@ def envelope_of_fields(fields: list[tuple[bytes, bytes]]) -> list:
     envelope: list = []
     for name in _ENVELOPE_FIELDS:
         if name in _ADDRESS_FIELDS:
-            envelope.append(adjacent(found[name]) if found.get(name) else None)
+            envelope.append(_address_list(found[name]) if found.get(name) else None)
         elif name not in texts:
             envelope.append(None)
         elif name == b"subject":
@@ -100,46 +115,60 @@ def envelope_of_fields(fields: list[tuple[bytes, bytes]]) -> list:
 
 
 class _Lexer:
-    """Address lexemes: (kind, text) with comments kept apart."""
+    """Address lexemes as (kind, text, spaced): ``spaced`` when blanks or a comment came
+    before; comments are skipped but remembered (the last one can name an address)."""
 
     def __init__(self, value: bytes) -> None:
-        self.items: list[tuple[str, bytes]] = []
+        self.items: list[tuple[str, bytes, bool]] = []
+        self.comments: list[bytes] = []
+        spaced = False
         pos = 0
         while pos < len(value):
             found = _LEXEME.match(value, pos)
             kind = found.lastgroup
             if kind == "comment":
                 end = _comment_end(value, pos)
-                self.items.append(("comment", value[pos + 1 : end - 1]))
+                self.items.append(("comment", value[pos + 1 : end - 1], spaced))
                 pos = end
+                spaced = True
                 continue
-            if kind != "space":
-                self.items.append((kind, found.group()))
+            if kind == "space":
+                spaced = True
+            else:
+                self.items.append((kind, found.group(), spaced))
+                spaced = False
             pos = found.end()
         self.pos = 0
 
-    def peek(self) -> tuple[str, bytes]:
+    def peek(self) -> tuple[str, bytes, bool]:
         """The next lexeme that is not a comment (not consumed)."""
         pos = self.pos
         while pos < len(self.items) and self.items[pos][0] == "comment":
             pos += 1
-        return self.items[pos] if pos < len(self.items) else ("end", b"")
+        return self.items[pos] if pos < len(self.items) else ("end", b"", False)
 
-    def next(self) -> tuple[str, bytes]:
-        """Consume the next lexeme that is not a comment (and the comments before it)."""
+    def next(self) -> tuple[str, bytes, bool]:
+        """Consume the next lexeme that is not a comment, remembering the comments before."""
         while self.pos < len(self.items) and self.items[self.pos][0] == "comment":
+            self.comments.append(self.items[self.pos][1])
             self.pos += 1
         item = self.peek()
         self.pos += 1
         return item
 
-    def comments_here(self) -> list[bytes]:
-        """Comments directly at the cursor (consumed)."""
-        found = []
+    def skip_comments(self) -> None:
+        """Consume (and remember) comments at the cursor."""
         while self.pos < len(self.items) and self.items[self.pos][0] == "comment":
-            found.append(self.items[self.pos][1])
+            self.comments.append(self.items[self.pos][1])
             self.pos += 1
-        return found
+
+
+class _SyntaxError(Exception):
+    """An address Dovecot gives up on: it is kept with SYNTAX_ERROR as its domain, and the
+    rest of the list is dropped."""
+
+    def __init__(self, address: list) -> None:
+        self.address = address
 
 
 def _comment_end(value: bytes, pos: int) -> int:
@@ -163,38 +192,77 @@ def _unquote(text: bytes) -> bytes:
     return re.sub(rb"\\(.)", rb"\1", inner, flags=re.S)
 
 
+#: One plain address (``local@domain``, ``Name <local@domain>``, ``"Name" <local@domain>``)
+#: and its comma: the common case, read without the full parser.
+_PLAIN_ADDRESS = re.compile(
+    rb'[ \t]*(?:(?:"(?P<quoted>[^"\\\r\n]*)"|(?P<name>[^"<>()@,;:.\\\[\]]*?))[ \t]*'
+    rb"<(?P<local>[^\x00-\x20<>()@,;:\\\"\[\]]+)@(?P<domain>[^\x00-\x20<>()@,;:\\\"\[\]]+)>"
+    rb"|(?P<bare_local>[^\x00-\x20<>()@,;:\\\"\[\]]+)@(?P<bare_domain>[^\x00-\x20<>()@,;:\\\"\[\]]+))"
+    rb"[ \t]*(?:,|\Z)"
+)
+
+
 def addresses(value: bytes) -> list:
     """An address-list header value as RFC 3501 address structures, groups included."""
+    plain = _plain_addresses(value)
+    if plain is not None:
+        return plain
     lexer = _Lexer(value)
     result: list = []
-    while lexer.peek()[0] != "end":
-        start = lexer.pos
-        _address(lexer, result)
-        if lexer.pos == start:
-            lexer.next()
+    try:
+        while lexer.peek()[0] != "end":
+            start = lexer.pos
+            _address(lexer, result)
+            if lexer.pos == start:
+                break
+    except _SyntaxError as error:
+        result.append(error.address)
     return result
 
 
-def _phrase(lexer: _Lexer) -> list[bytes]:
+def _plain_addresses(value: bytes) -> list | None:
+    """The addresses of a list made of plain addresses only, else None."""
+    result = []
+    pos = 0
+    end = len(value)
+    while pos < end:
+        found = _PLAIN_ADDRESS.match(value, pos)
+        if found is None or found.end() == pos:
+            return None
+        local = found.group("local")
+        if local is None:
+            result.append([None, None, found.group("bare_local"), found.group("bare_domain")])
+        else:
+            name = found.group("quoted")
+            if name is None:
+                name = b" ".join(found.group("name").split()) or None
+            result.append([_name(name), None, local, found.group("domain")])
+        pos = found.end()
+        if value.endswith(b",", 0, pos) and pos == end:
+            return None
+    return result
+
+
+def _phrase(lexer: _Lexer) -> bytes | None:
+    """Words (atoms, quoted strings, dots) as written, each run of blanks one space."""
     words = []
     while True:
-        kind, text = lexer.peek()
-        if kind == "atom" or kind == "other" or (kind == "special" and text == b"."):
-            words.append(text)
-        elif kind == "quoted":
-            words.append(_unquote(text))
-        else:
-            return words
+        kind, text, spaced = lexer.peek()
+        if kind == "quoted":
+            text = _unquote(text)
+        elif not (kind in ("atom", "other") or (kind == "special" and text == b".")):
+            return b"".join(words) if words else None
+        words.append(b" " + text if spaced and words else text)
         lexer.next()
 
 
 def _address(lexer: _Lexer, result: list) -> None:
     start = lexer.pos
     words = _phrase(lexer)
-    kind, text = lexer.peek()
+    kind, text, _ = lexer.peek()
     if text == b":" and kind == "special":
         lexer.next()
-        result.append([None, None, b" ".join(words) or MISSING_MAILBOX, None])
+        result.append([None, None, words or MISSING_MAILBOX, None])
         while lexer.peek()[0] != "end" and lexer.peek()[1] != b";":
             before = lexer.pos
             _mailbox(lexer, result)
@@ -215,15 +283,15 @@ def _address(lexer: _Lexer, result: list) -> None:
 def _mailbox(lexer: _Lexer, result: list) -> None:
     start = lexer.pos
     words = _phrase(lexer)
-    kind, text = lexer.peek()
+    kind, text, _ = lexer.peek()
     if text == b"<":
         lexer.next()
         route = _route(lexer)
         mailbox, domain = _addr_spec(lexer)
-        if lexer.peek()[1] == b">":
-            lexer.next()
-        name = b" ".join(words) if words else None
-        result.append([_name(name), route, mailbox, domain])
+        if lexer.peek()[1] != b">":
+            raise _SyntaxError([_name(words), route, mailbox, SYNTAX_ERROR])
+        lexer.next()
+        result.append([_name(words), route, mailbox, domain])
         return
     if text == b";" and not words:
         return
@@ -231,9 +299,10 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
         result.append([None, None, MISSING_MAILBOX, MISSING_DOMAIN])
         return
     lexer.pos = start
+    del lexer.comments[:]
     mailbox, domain = _addr_spec(lexer)
-    comments = lexer.comments_here()
-    name = comments[-1] if comments else None
+    lexer.skip_comments()
+    name = lexer.comments[-1] if lexer.comments else None
     result.append([_name(name), None, mailbox, domain])
 
 
@@ -261,7 +330,7 @@ def _route(lexer: _Lexer) -> bytes | None:
 def _addr_spec(lexer: _Lexer) -> tuple[bytes, bytes]:
     local = []
     while True:
-        kind, text = lexer.peek()
+        kind, text, _ = lexer.peek()
         if kind == "atom" or kind == "other" or (kind == "special" and text == b"."):
             local.append(text)
         elif kind == "quoted":
@@ -279,7 +348,7 @@ def _addr_spec(lexer: _Lexer) -> tuple[bytes, bytes]:
 def _domain(lexer: _Lexer) -> bytes:
     parts = []
     while True:
-        kind, text = lexer.peek()
+        kind, text, _ = lexer.peek()
         if kind in ("atom", "literal", "other") or (kind == "special" and text == b"."):
             parts.append(text)
             lexer.next()

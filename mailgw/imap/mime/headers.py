@@ -68,10 +68,18 @@ def _named(lines: list[bytes]) -> tuple[bytes, bytes]:
 
 
 def field_value(raw: bytes) -> bytes:
-    """A field's value unfolded (RFC 5322 2.2.3: line endings removed), the blanks after the
-    colon dropped (those of a continuation line kept, as Dovecot does)."""
+    """A field's value unfolded (RFC 5322 2.2.3: line endings removed), without the blanks
+    after the colon, as Dovecot reads it: a first line of blanks only loses one of them, and
+    the blanks starting a continuation line stay."""
     colon = raw.find(b":")
-    value = raw[colon + 1 :].lstrip(b" \t") if colon >= 0 else b""
+    if colon < 0:
+        return b""
+    value = raw[colon + 1 :]
+    first = value.split(b"\n", 1)[0].rstrip(b"\r")
+    if first.strip(b" \t"):
+        value = value.lstrip(b" \t")
+    elif first:
+        value = value[1:]
     return value.replace(b"\r", b"").replace(b"\n", b"")
 
 
@@ -168,6 +176,11 @@ class ValueReader:
 def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
     """``(type, subtype, parameters)`` of a Content-Type value as written (case kept), or None
     when it does not start with ``type/subtype``."""
+    simple = _SIMPLE_CONTENT_TYPE.match(value)
+    if simple is not None:
+        params = _simple_parameters(value, simple.end())
+        if params is not None:
+            return simple.group(1), simple.group(2), params
     reader = ValueReader(value)
     kind = reader.token()
     if kind is None or not reader.take(b"/"):
@@ -176,6 +189,29 @@ def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]
     if subtype is None:
         return None
     return kind, subtype, parameters(reader)
+
+
+_TOKEN_CLASS = rb'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+'
+_SIMPLE_CONTENT_TYPE = re.compile(rb"[ \t]*(%s)/(%s)[ \t]*" % (_TOKEN_CLASS, _TOKEN_CLASS))
+#: A plain parameter: no RFC 2231 star in the name, no escapes or comments.
+_SIMPLE_PARAMETER = re.compile(
+    rb';[ \t]*([^\x00-\x20\x7f()<>@,;:\\"/\[\]?=*]+)=(?:"([^"\\]*)"|(%s))[ \t]*' % _TOKEN_CLASS
+)
+
+
+def _simple_parameters(value: bytes, pos: int) -> list[tuple[bytes, bytes]] | None:
+    """The parameters from ``pos`` when they are all plain ``; name=value`` (the common
+    case, read with one regular expression), else None."""
+    params = []
+    end = len(value)
+    while pos < end:
+        found = _SIMPLE_PARAMETER.match(value, pos)
+        if found is None:
+            return None
+        quoted = found.group(2)
+        params.append((found.group(1), found.group(3) if quoted is None else quoted))
+        pos = found.end()
+    return params
 
 
 def leading_token(value: bytes) -> bytes | None:
