@@ -570,6 +570,8 @@ BAD = [
     (b"a STATUS INBOX (BOGUS)", b"a", "unknown STATUS item"),
     (b"a APPEND INBOX", b"a", "APPEND needs a message literal"),
     (b"a APPEND INBOX hello", b"a", "APPEND needs a message literal"),
+    (b"a APPEND INBOX{1}\r\nx", b"a", "APPEND needs a message literal"),
+    (b"a APPEND INBOX {1}\r\nx (\\Seen)", b"a", "APPEND needs a message literal"),
     (b'a APPEND INBOX "32-Jul-1996 02:44:25 -0700" {1+}\r\nx', b"a", "bad date-time"),
     (b"a APPEND INBOX (\\Recent) {1+}\r\nx", b"a", "\\Recent"),
     (b"a APPEND INBOX {-1}", b"a", "literal size is not a number"),

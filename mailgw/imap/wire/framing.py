@@ -23,6 +23,12 @@ LINES_ALLOWANCE = 64
 #: Longest literal announcement framed: ``~{`` + 20 digits + ``+}``.
 _ANNOUNCEMENT = 25
 
+#: ``CommandRejected.reason`` values (a literal over its limit says the limit after this).
+LINE_TOO_LONG = "line too long"
+COMMAND_TOO_LONG = "command too long"
+TOO_MANY_LITERALS = "too many literals"
+LITERAL_TOO_LARGE = "literal too large"
+
 _LINE, _LITERAL, _SKIP_LINE, _SKIP_LITERAL, _CLOSED = range(5)
 
 
@@ -143,7 +149,7 @@ class CommandAssembler:
             pos = stop
             if newline < 0:
                 if state == _LINE and len(self._line) > self.max_line + 1:
-                    events.append(self._reject("line too long", fatal=False, skip=True))
+                    events.append(self._reject(LINE_TOO_LONG, fatal=False, skip=True))
                 continue
             if state == _SKIP_LINE:
                 self._skip_line_ended()
@@ -157,7 +163,7 @@ class CommandAssembler:
         content = line[:-2] if line.endswith(b"\r\n") else line[:-1]
         if len(content) > self.max_line:
             self._line += line
-            event = self._reject("line too long", fatal=False, skip=True)
+            event = self._reject(LINE_TOO_LONG, fatal=False, skip=True)
             self._skip_line_ended()
             return [event]
         self._parts.append(line)
@@ -165,7 +171,7 @@ class CommandAssembler:
         announced = literal_announced(content)
         if announced is None:
             if self._budget is not None and self._size > self._budget:
-                return [self._reject("command too long", fatal=False)]
+                return [self._reject(COMMAND_TOO_LONG, fatal=False)]
             data = b"".join(self._parts)
             self.reset()
             return [CommandReady(data)]
@@ -177,11 +183,11 @@ class CommandAssembler:
             self._budget = limit + LINES_ALLOWANCE * (self.max_line + 2)
         self._literals += 1
         if self._literals > self.max_literals:
-            return [self._reject("too many literals", fatal=not sync)]
+            return [self._reject(TOO_MANY_LITERALS, fatal=not sync)]
         if size > limit:
-            return [self._reject(f"literal too large (at most {limit} octets)", fatal=not sync)]
+            return [self._reject(f"{LITERAL_TOO_LARGE} (at most {limit} octets)", fatal=not sync)]
         if self._size + size > self._budget:
-            return [self._reject("command too long", fatal=not sync)]
+            return [self._reject(COMMAND_TOO_LONG, fatal=not sync)]
         self._state, self._remaining = _LITERAL, size
         if not size:
             self._state = _LINE

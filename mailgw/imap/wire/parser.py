@@ -271,9 +271,8 @@ def _append(reader: Reader, tag: bytes) -> c.Append:
     reader.sp("APPEND needs a mailbox name")
     mailbox = reader.mailbox("APPEND needs a mailbox name")
     messages = []
-    while reader.maybe_sp() or not messages:
-        if not messages and not reader.more():
-            reader.fail("APPEND needs a message literal")
+    reader.sp("APPEND needs a message literal")
+    while True:
         flags: tuple[str, ...] = ()
         date = None
         if reader.peek() == _LPAREN:
@@ -284,7 +283,8 @@ def _append(reader: Reader, tag: bytes) -> c.Append:
             reader.sp("APPEND needs a message literal")
         data = reader.literal("APPEND needs a message literal", binary=True)
         messages.append(c.AppendMessage(flags=flags, internal_date=date, data=data))
-    return c.Append(tag, mailbox=mailbox, messages=tuple(messages))
+        if not reader.maybe_sp():
+            return c.Append(tag, mailbox=mailbox, messages=tuple(messages))
 
 
 # -- selected ---------------------------------------------------------------------------------
