@@ -118,6 +118,16 @@ def test_over_long_line_complete_in_one_chunk():
     ]
 
 
+def test_over_long_line_after_a_literal_refuses_the_whole_command():
+    asm = assembler(max_line=20)
+    events = asm.feed(b"a LOGIN {3}\r\nabc " + b"p" * 30 + b"\r\nb NOOP\r\n")
+    assert events == [
+        ContinuationNeeded(),
+        CommandRejected(b"a LOGIN {3}\r\n", "line too long", False),
+        CommandReady(b"b NOOP\r\n"),
+    ]
+
+
 def test_line_at_the_limit_is_accepted():
     line = b"a NOOP " + b"x" * 93
     assert len(line) == 100
@@ -204,6 +214,33 @@ def test_long_line_in_small_chunks_is_linear():
     events = asm.feed(b"\r\n")
     assert time.perf_counter() - started < 1
     assert len(events[0].data) == 1_000_002
+
+
+LINE_PART = st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"").rstrip(b"}"))
+LITERAL = st.tuples(st.binary(max_size=20), st.booleans())
+
+
+@st.composite
+def commands(draw):
+    """A command of lines and literals, and whether each literal is synchronising."""
+    data, syncs = draw(LINE_PART), []
+    for octets, sync in draw(st.lists(LITERAL, max_size=3)):
+        data += b" {%d%s}\r\n" % (len(octets), b"" if sync else b"+") + octets
+        data += draw(LINE_PART)
+        syncs.append(sync)
+    return data + b"\r\n", syncs
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(commands(), min_size=1, max_size=4), st.data())
+def test_pipelined_commands_in_any_chunks(cmds, draw):
+    stream = b"".join(data for data, _ in cmds)
+    cuts = sorted(draw.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    expected = []
+    for data, syncs in cmds:
+        expected += [ContinuationNeeded()] * sum(syncs) + [CommandReady(data)]
+    assert feed_all(assembler(), *pieces) == expected
 
 
 @settings(max_examples=200, deadline=None)

@@ -388,6 +388,7 @@ def test_mailbox_names_are_decoded():
     assert parse(b"a SELECT Entw&APw-rfe").mailbox == "Entwürfe"
     assert parse(b'a SELECT "iNbOx"').mailbox == "INBOX"
     assert parse(b"a SELECT inbox.sub").mailbox == "inbox.sub"
+    assert parse('a SELECT "ınbox"'.encode()).mailbox == "ınbox"  # dotless i: not INBOX
     assert parse(b'a LOGIN "a\\"b" "c\\\\d"') == c.Login(b"a", b'a"b', b"c\\d")
 
 

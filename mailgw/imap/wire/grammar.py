@@ -40,11 +40,7 @@ _SPACES = re.compile(rb" +")
 _DATE = re.compile(rb'("?)([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})("?)')
 _MONTHS = {
     name: number
-    for number, name in enumerate(
-        (b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT", b"NOV")
-        + (b"DEC",),
-        1,
-    )
+    for number, name in enumerate(b"JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 1)
 }
 _SP, _LPAREN, _RPAREN, _QUOTE, _BRACE, _TILDE = b' ()"{~'
 
@@ -280,7 +276,7 @@ class Reader:
         """A ``mailbox``: an astring in modified UTF-7 (or UTF-8), INBOX in any case as
         ``"INBOX"``."""
         name = self._decode_mailbox(self.astring(reason))
-        return "INBOX" if len(name) == 5 and name.upper() == "INBOX" else name
+        return "INBOX" if name.isascii() and name.upper() == "INBOX" else name
 
     def list_mailbox(self, reason: str) -> str:
         """A ``list-mailbox`` pattern: an atom that may hold ``%`` and ``*``, or a string."""

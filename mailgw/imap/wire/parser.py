@@ -7,8 +7,9 @@ short text for the tagged BAD.  Choices where the RFCs leave room:
 - the length of a partial ``<origin.length>`` may be 0 (Dovecot allows it; RFC 3501 says
   ``nz-number``); both numbers are 32-bit;
 - ``\\Recent`` in STORE or APPEND is BAD (RFC 3501 2.3.2: the client cannot alter it);
-- QRESYNC's modseq may be 0 (a client that never saw one); VANISHED needs UID FETCH and
-  CHANGEDSINCE (RFC 7162 3.2.6);
+- QRESYNC's modseq and CHANGEDSINCE may be 0 (RFC 7162 says ``mod-sequence-value``, but 0
+  harms nothing: everything changed since); VANISHED needs UID FETCH and CHANGEDSINCE
+  (RFC 7162 3.2.6);
 - FETCH macros (ALL, FAST, FULL) only stand alone, never inside a list (RFC 3501 grammar);
 - mechanism, capability, option and item names are upper-cased.
 """
