@@ -10,14 +10,19 @@ with 8-bit octets that are valid UTF-8 are taken as UTF-8 as they are (``&`` inc
 from __future__ import annotations
 
 import binascii
+import re
 
 _DIRECT = frozenset(range(0x20, 0x7F)) - {ord("&")}
+#: A name of printable ASCII without ``&``: the same in modified UTF-7 (the common case).
+_PLAIN = re.compile(rb"[\x20-\x25\x27-\x7e]*")
 _BASE64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,")
 
 
 def encode(name: str) -> bytes:
     """``name`` in modified UTF-7: printable ASCII as is, ``&`` as ``&-``, the rest as
     ``&``-sections of base64 UTF-16 (``,`` for ``/``, no padding)."""
+    if name.isascii() and name.isprintable() and "&" not in name:
+        return name.encode("ascii")
     out = bytearray()
     pending: list[str] = []
     for char in name:
@@ -41,6 +46,8 @@ def _section(text: str) -> bytes:
 
 def decode(name: bytes) -> str:
     """The mailbox name that the modified UTF-7 ``name`` stands for (see the module text)."""
+    if _PLAIN.fullmatch(name):
+        return name.decode("ascii")
     if not name.isascii():
         try:
             return name.decode("utf-8")
