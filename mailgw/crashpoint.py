@@ -46,6 +46,12 @@ STEPS: dict[str, str] = {
     # Index compaction (when an expunge or scan leaves dead lines outnumbering live ones).
     "compact.written": "compacted index written and fsync'd in its temp file, not renamed",
     "compact.renamed": "compacted index renamed into place, the folder not yet fsync'd",
+    # The modseq index (mailgw-modseq), in every store write path above: a change's modseq is
+    # recorded before the change is made (an added message's once it has its UID).
+    "modseq.created": "modseq index of a folder that had none linked into place, dir not fsync'd",
+    "modseq.logged": "change's modseq line appended and fsync'd, the change itself not yet made",
+    "modseq.compact_written": "compacted modseq index fsync'd in its temp file, not renamed",
+    "modseq.compact_renamed": "compacted modseq index renamed into place, dir not yet fsync'd",
     # Outbound queue: enqueue (submission to another domain, a bounce to a remote sender).
     "queue.message_written": "message written and fsync'd in queue/tmp/, no metadata yet",
     "queue.metadata_written": "metadata written and fsync'd in queue/tmp/, nothing in msg/ yet",

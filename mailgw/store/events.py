@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 FolderId = tuple[str, str]
+
+
+class Expunged(list):
+    """UIDs removed from a folder (a list), with ``modseq``: the modseq of their expunge."""
+
+    def __init__(self, uids: Iterable[int] = (), modseq: int = 0) -> None:
+        """The UIDs ``uids``, expunged at ``modseq`` (0: the folder itself was deleted)."""
+        super().__init__(uids)
+        self.modseq = modseq
+
+    def copy(self) -> Expunged:
+        """Another Expunged with the same UIDs and modseq."""
+        return Expunged(self, self.modseq)
 
 
 def call_now(fn: Callable, *args: object) -> None:
@@ -43,4 +56,5 @@ class Listeners:
         with self._lock:
             listeners = list(self._by_folder.get(folder_id, ()))
         for listener in listeners:
-            self._dispatch(getattr(listener, event), folder_id, list(items))
+            copy = items.copy() if isinstance(items, Expunged) else list(items)
+            self._dispatch(getattr(listener, event), folder_id, copy)

@@ -5,6 +5,14 @@ directories only when their modification times (in nanoseconds) differ from thos
 after its own last change, so reading an unchanged folder costs two ``stat`` calls.  All methods
 are thread-safe (one re-entrant lock per folder); cross-process writers are serialised by the
 index's dot lock.
+
+Every change takes a modseq from the folder's modseq index (``mailgw.store.modseq``), recorded
+there before the change is made (an added message's once it has its UID), so a crash between
+the two leaves the index ahead of the Maildir, never behind it; a rescan (and the first one of
+every process) compares each file's flags with what the index says, and gives whatever differs
+(changes by other programs, or the other side of such a crash) a new modseq.  A state this
+folder shows for the first time always has a modseq above every one it showed before, even when
+another process recorded it first: whoever syncs at the highest modseq shown misses nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from pathlib import Path
 from zope.interface import implementer
 
 from mailgw.crashpoint import crash_point
-from mailgw.store.events import Listeners
+from mailgw.store.events import Expunged, Listeners
 from mailgw.store.files import (
     clean_stale,
     crlf_size,
@@ -31,90 +39,22 @@ from mailgw.store.files import (
 )
 from mailgw.store.flags import Keywords
 from mailgw.store.interfaces import (
+    FLAGS_ADD,
+    FLAGS_REMOVE,
+    FLAGS_REPLACE,
+    FlagsSet,
     IFolder,
-    IMessageInfo,
+    ModifiedSince,
     NoSuchFolder,
     NoSuchMessage,
     StoreError,
 )
+from mailgw.store.message import MessageInfo, date_from_key, number_after
+from mailgw.store.modseq import ModseqLog, flag_mask
 from mailgw.store.uidlist import UidList
 
 #: The marker file of a Maildir++ subfolder.
 MAILDIRFOLDER = "maildirfolder"
-
-
-def _number_after(key: str, field: str) -> int | None:
-    start = key.find(field)
-    if start < 0:
-        return None
-    start += len(field)
-    end = start
-    while end < len(key) and key[end].isdigit():
-        end += 1
-    return int(key[start:end]) if end > start else None
-
-
-def date_from_key(key: str) -> float | None:
-    """Return the time stamp a Maildir base name starts with (``<sec>[.M<usec>]``), if any."""
-    sec, _, rest = key.partition(".")
-    if not sec.isdigit():
-        return None
-    usec = _number_after(rest, "M") if rest.startswith("M") else None
-    return int(sec) + (usec or 0) / 1_000_000
-
-
-@implementer(IMessageInfo)
-class MessageInfo:
-    """An immutable snapshot of one message; size and date are read from the name on demand."""
-
-    __slots__ = ("uid", "key", "flags", "recent", "info", "_size", "_date")
-
-    def __init__(
-        self,
-        uid: int,
-        key: str,
-        flags: frozenset,
-        recent: bool,
-        info: str | None,
-        size: int | None = None,
-        date: float | None = None,
-    ) -> None:
-        """Describe the file ``key[:info]`` in new/ (``recent``) or cur/ with UID ``uid``."""
-        self.uid = uid
-        self.key = key
-        self.flags = flags
-        self.recent = recent
-        #: The info part of the file name (text after ':'), or None.
-        self.info = info
-        self._size = size
-        self._date = date
-
-    @property
-    def size(self) -> int:
-        """Size in octets with CRLF line endings (read from the name once, then kept)."""
-        if self._size is None:
-            self._size = _number_after(self.key, ",W=") or 0
-        return self._size
-
-    @property
-    def internal_date(self) -> float:
-        """The internal date (a POSIX time stamp), from the name or the file's mtime."""
-        if self._date is not None:
-            return self._date
-        return date_from_key(self.key) or 0.0
-
-    @property
-    def filename(self) -> str:
-        """The file's name in new/ or cur/."""
-        return f"{self.key}:{self.info}" if self.info is not None else self.key
-
-    @property
-    def subdir(self) -> str:
-        """'new' or 'cur'."""
-        return "new" if self.recent else "cur"
-
-    def __repr__(self) -> str:
-        return f"<MessageInfo uid={self.uid} flags={sorted(self.flags)} recent={self.recent}>"
 
 
 @implementer(IFolder)
@@ -147,6 +87,9 @@ class MaildirFolder:
         clean_stale(path / "tmp")
         self._index = UidList(path, new_uid_validity)
         self._keywords = Keywords(path)
+        self._modseq = ModseqLog(path, self._index.uid_validity)
+        #: The highest modseq this folder has shown (in messages, events, highest_modseq).
+        self._highest = 0
         with self._lock:
             self._rescan(notify=False)
 
@@ -167,6 +110,29 @@ class MaildirFolder:
             self._check()
             self._index.refresh()
             return self._index.uid_next
+
+    @property
+    def highest_modseq(self) -> int:
+        """The highest modseq of the folder (RFC 7162 HIGHESTMODSEQ), at least 1."""
+        with self._lock:
+            self._refresh()
+            return self._highest
+
+    def changed_since(self, modseq: int) -> list:
+        """MessageInfo of the messages whose modseq is above ``modseq``, ascending UIDs."""
+        return [info for info in self.messages() if info.modseq > modseq]
+
+    def vanished_since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged at a modseq above ``modseq``, ascending; None when the store no longer
+        remembers that far back or never gave ``modseq``."""
+        with self._lock:
+            self._refresh()
+            if modseq > self._highest:
+                return None
+            uids = self._modseq.vanished_since(modseq)
+            if uids is None:
+                return None
+            return [uid for uid in uids if uid not in self._messages]
 
     def messages(self) -> tuple:
         """Return MessageInfo snapshots of all messages, in ascending UID order.
@@ -218,7 +184,7 @@ class MaildirFolder:
                     self._rescan(notify=True)
                 except OSError as e:
                     raise store_error(f"cannot read message {uid}", e) from e
-        physical = _number_after(info.key, ",S=")
+        physical = number_after(info.key, ",S=")
         if physical is None:
             physical = os.fstat(f.fileno()).st_size
         if physical == info.size:
@@ -242,6 +208,8 @@ class MaildirFolder:
                     info = self._keywords.info_of(flags) if flags else None
                     [uid] = self._index.add([(key, None)])
                     crash_point("append.indexed")
+                    with self._modseq.locked():
+                        modseq = self._modseq.record({uid: flag_mask(info)})
                     subdir = "cur" if info else "new"
                     dest = self.path / subdir / (f"{key}:{info}" if info else key)
                     os.rename(tmp, dest)
@@ -255,49 +223,85 @@ class MaildirFolder:
                 remove_quietly(tmp)
                 raise
             self._record_stamps()
-            message = MessageInfo(uid, key, self._keywords.flags_of(info), not info, info)
+            flags_of = self._keywords.flags_of
+            message = MessageInfo(uid, key, flags_of(info), not info, info, modseq=modseq)
             self._insert(message)
+            self._show(modseq)
             self._listeners.notify(self.folder_id, "messages_added", [message])
         return uid
 
-    def set_flags(self, uid: int, flags) -> MessageInfo:
-        """Replace the flags of ``uid`` (renaming its file in cur/); return the new snapshot."""
-        flags = frozenset(flags)
+    def set_flags(self, uid: int, flags, unchanged_since: int | None = None) -> MessageInfo:
+        """Replace the flags of ``uid`` (renaming its file in cur/); return the new snapshot.
+
+        With ``unchanged_since``, raise ModifiedSince if the message changed after it."""
         with self._lock:
             self._refresh()
             self._lookup(uid)
-            if all(flag.startswith("\\") for flag in flags if isinstance(flag, str)):
-                info = self._keywords.info_of(flags)
-            else:
-                with self._index.locked():
-                    info = self._keywords.info_of(flags)
-            for attempt in (1, 2):
-                old = self._lookup(uid)
-                if not old.recent and old.info == info:
-                    return old
-                try:
-                    os.rename(
-                        self.path / old.subdir / old.filename,
-                        self.path / "cur" / f"{old.key}:{info}",
-                    )
-                    crash_point("flags.renamed")
-                    break
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise NoSuchMessage(f"message {uid} is gone") from None
-                    self._rescan(notify=True)
-                except OSError as e:
-                    raise store_error(f"cannot change the flags of message {uid}", e) from e
-            self._sync_dirs({"cur", old.subdir})
+            done = self.set_flags_many([uid], flags, FLAGS_REPLACE, unchanged_since)
+            if done.modified:
+                info = self._lookup(uid)
+                raise ModifiedSince(f"message {uid} changed at modseq {info.modseq}", info)
+            if done.infos:
+                return done.infos[0]
+            if uid not in self._messages:
+                raise NoSuchMessage(f"message {uid} is gone")
+            return self._messages[uid]
+
+    def set_flags_many(
+        self,
+        uids: Iterable[int],
+        flags,
+        mode: str = FLAGS_REPLACE,
+        unchanged_since: int | None = None,
+    ) -> FlagsSet:
+        """Replace, add or remove ``flags`` on each of ``uids`` (see IFolder), one modseq,
+        one append to the modseq index and one fsync of each directory for all of them."""
+        with self._lock:
+            self._refresh()
+            targets = self._flag_targets(uids, frozenset(flags), mode)
+            log = self._modseq
+            modified, moves, masks = [], [], {}
+            with log.locked():
+                for old, info in targets:
+                    if unchanged_since is not None:
+                        if max(old.modseq, log.modseq_of(old.uid) or 0) > unchanged_since:
+                            modified.append(old.uid)
+                            continue
+                    if old.recent or old.info != info:
+                        moves.append((old, info))
+                        if flag_mask(info) != flag_mask(old.info):
+                            masks[old.uid] = flag_mask(info)
+                log.record(masks)
+            renamed = []
+            for old, info in moves:
+                current = self._rename_flags(old, info)
+                if current is not None:
+                    renamed.append((current, info))
+            if not renamed:
+                return FlagsSet([], modified)
+            self._sync_dirs({"cur", *(old.subdir for old, _ in renamed)})
             crash_point("flags.dir_synced")
-            new = MessageInfo(
-                uid, old.key, self._keywords.flags_of(info), False, info, old._size, old._date
-            )
-            self._messages[uid] = new
+            self._settle({old.uid: (flag_mask(info), old.modseq) for old, info in renamed})
+            flags_of = self._keywords.flags_of
+            infos = []
+            for old, info in renamed:
+                new = MessageInfo(
+                    old.uid,
+                    old.key,
+                    flags_of(info),
+                    False,
+                    info,
+                    old._size,
+                    old._date,
+                    log.modseq_of(old.uid) or old.modseq,
+                )
+                self._messages[old.uid] = new
+                infos.append(new)
             self._listing = None
             self._record_stamps()
-            self._listeners.notify(self.folder_id, "flags_changed", [new])
-            return new
+            self._show(max(info.modseq for info in infos))
+            self._listeners.notify(self.folder_id, "flags_changed", infos)
+            return FlagsSet(infos, modified)
 
     def mark_seen_by_client(self, uids: Iterable[int]) -> None:
         """Move these messages from new/ to cur/ (with a ':2,' info part): no longer recent."""
@@ -319,7 +323,7 @@ class MaildirFolder:
                 except OSError as e:
                     raise store_error(f"cannot move message {uid} to cur/", e) from e
                 self._messages[uid] = MessageInfo(
-                    uid, old.key, old.flags, False, info, old._size, old._date
+                    uid, old.key, old.flags, False, info, old._size, old._date, old.modseq
                 )
                 self._listing = None
                 moved = True
@@ -332,9 +336,14 @@ class MaildirFolder:
         """Remove these messages durably; return the UIDs actually removed (ascending)."""
         with self._lock:
             self._refresh()
+            targets = [uid for uid in sorted(set(uids)) if uid in self._messages]
+            if not targets:
+                return []
+            with self._modseq.locked():
+                self._modseq.record({}, targets)
             removed = []
             touched = set()
-            for uid in sorted(set(uids)):
+            for uid in targets:
                 for attempt in (1, 2):
                     old = self._messages.get(uid)
                     if old is None:
@@ -357,7 +366,8 @@ class MaildirFolder:
                 self._sync_dirs(touched)
                 crash_point("expunge.dir_synced")
                 self._record_stamps()
-                self._listeners.notify(self.folder_id, "messages_expunged", removed)
+                self._settle({}, removed)
+                self._notify_expunged(removed)
                 self._compact_if_needed()
             return removed
 
@@ -366,8 +376,9 @@ class MaildirFolder:
     def deliver_links(self, sources: list[tuple[Path, int]]) -> list:
         """Hard-link each ``(source, size)`` (``size`` octets, CRLF, fsync'd) into new/.
 
-        All of them together cost one index append with one fsync and one fsync of new/ (the
-        store's group commit hands over every delivery waiting at that moment).  Return, in
+        All of them together cost one index append with one fsync, one append to the modseq
+        index with one fsync (all of them at one modseq) and one fsync of new/ (the store's
+        group commit hands over every delivery waiting at that moment).  Return, in
         order, ``(uid, key)`` for each message now on disk and indexed but not yet shown (call
         ``publish(uid, key)`` once its whole delivery succeeded, or ``withdraw(key)``), or the
         StoreError that stopped it.
@@ -408,12 +419,22 @@ class MaildirFolder:
         return [r if isinstance(r, StoreError) else (next(given), r) for r in results]
 
     def publish(self, uid: int, key: str) -> None:
-        """Show a message delivered by ``deliver_link`` and tell the listeners."""
+        """Show a message delivered by ``deliver_link`` and tell the listeners.
+
+        If a change was shown meanwhile with a larger modseq than the delivery's, the message
+        gets a new one first; should that fail, it is left for the next scan to show."""
         with self._lock:
             if self._gone or uid in self._messages:
                 return
-            message = MessageInfo(uid, key, frozenset(), True, None)
+            try:
+                self._settle({uid: (0, 0)})
+            except StoreError:
+                self._stamps = None
+                return
+            modseq = self._modseq.modseq_of(uid) or self._highest
+            message = MessageInfo(uid, key, frozenset(), True, None, modseq=modseq)
             self._insert(message)
+            self._show(modseq)
             self._listeners.notify(self.folder_id, "messages_added", [message])
 
     def withdraw(self, key: str) -> None:
@@ -449,6 +470,8 @@ class MaildirFolder:
         try:
             uids = self._index.add([(key, None) for key in keys])
             crash_point("delivery.indexed")
+            with self._modseq.locked():
+                self._modseq.record(dict.fromkeys(uids, 0))
             fsync_dir(new)
             crash_point("delivery.dir_synced")
             return uids
@@ -461,6 +484,102 @@ class MaildirFolder:
         except OSError:
             pass
         return error
+
+    def _flag_targets(
+        self, uids: Iterable[int], flags: frozenset, mode: str
+    ) -> list[tuple[MessageInfo, str]]:
+        """``(message, info part its file is to have)`` for each of ``uids`` in the folder.
+
+        Raise StoreError for a flag that cannot be stored; a new keyword is added to the
+        keyword table under the index's lock."""
+        if mode not in (FLAGS_REPLACE, FLAGS_ADD, FLAGS_REMOVE):
+            raise StoreError(f"no such way to set flags: {mode!r}")
+        messages = [self._messages[uid] for uid in sorted(set(uids)) if uid in self._messages]
+        infos: dict[frozenset, str] = {}
+
+        def targets() -> list[tuple[MessageInfo, str]]:
+            result = []
+            for old in messages:
+                if mode == FLAGS_ADD:
+                    wanted = old.flags | flags
+                elif mode == FLAGS_REMOVE:
+                    wanted = old.flags - flags
+                else:
+                    wanted = flags
+                info = infos.get(wanted)
+                if info is None:
+                    info = infos[wanted] = self._keywords.info_of(wanted)
+                result.append((old, info))
+            return result
+
+        if mode == FLAGS_REMOVE or all(
+            flag.startswith("\\") for flag in flags if isinstance(flag, str)
+        ):
+            return targets()
+        with self._index.locked():
+            return targets()
+
+    def _rename_flags(self, old: MessageInfo, info: str) -> MessageInfo | None:
+        """Rename the file of ``old`` into cur/ with the info part ``info``; return the message
+        as it was just before, or None if it is gone."""
+        uid = old.uid
+        for attempt in (1, 2):
+            try:
+                os.rename(
+                    self.path / old.subdir / old.filename, self.path / "cur" / f"{old.key}:{info}"
+                )
+                crash_point("flags.renamed")
+                return old
+            except FileNotFoundError:
+                if attempt == 2:
+                    return None
+                self._rescan(notify=True)
+                old = self._messages.get(uid)
+                if old is None:
+                    return None
+                if not old.recent and old.info == info:
+                    return old
+            except OSError as e:
+                raise store_error(f"cannot change the flags of message {uid}", e) from e
+        return None
+
+    def _settle(self, present: dict[int, tuple[int, int]], gone: Iterable[int] = ()) -> None:
+        """Make sure what this folder is about to show has a modseq it may show.
+
+        ``present`` maps each UID about to be shown to ``(flag mask of its file, modseq shown
+        for it before, or 0)``; ``gone`` lists UIDs about to be shown expunged.  The modseq
+        index's own is kept if it is above every modseq shown (or is the very one shown);
+        the others get a new modseq, recorded in one append."""
+        log = self._modseq
+        gone = list(gone)
+
+        def unsettled() -> tuple[dict[int, int], list[int]]:
+            above = self._highest
+            state, expunged = log.state, log.expunged
+            masks = {}
+            for uid, (mask, shown) in present.items():
+                entry = state.get(uid)
+                if entry is None or entry[1] != mask or (entry[0] <= above and entry[0] != shown):
+                    masks[uid] = mask
+            lost = [uid for uid in gone if uid in state or expunged.get(uid, 0) <= above]
+            return masks, lost
+
+        masks, lost = unsettled()
+        if masks or lost:
+            with log.locked():
+                log.record(*unsettled())
+
+    def _show(self, modseq: int) -> None:
+        """Something with ``modseq`` is being shown: the highest modseq is at least that."""
+        if modseq > self._highest:
+            self._highest = modseq
+
+    def _notify_expunged(self, uids: list[int]) -> None:
+        """Tell the listeners these UIDs are gone, with the modseq of their expunge."""
+        expunged = self._modseq.expunged
+        modseq = max((expunged.get(uid, 0) for uid in uids), default=0)
+        self._show(modseq)
+        self._listeners.notify(self.folder_id, "messages_expunged", Expunged(uids, modseq))
 
     def _check(self) -> None:
         if self._gone:
@@ -535,14 +654,17 @@ class MaildirFolder:
         try:
             return crlf_size(self.path / ("new" if recent else "cur") / name)
         except OSError:
-            return _number_after(key, ",S=") or 0
+            return number_after(key, ",S=") or 0
 
     def _rescan(self, notify: bool) -> None:
-        """List new/ and cur/, give unknown files UIDs, and rebuild the snapshot."""
+        """List new/ and cur/, give unknown files UIDs, and rebuild the snapshot; whatever
+        differs from what the modseq index says gets a new modseq (see ``_settle``)."""
         self._check()
         stamps = self._dir_stamps()
         self._keywords.reload()
         self._index.refresh()
+        log = self._modseq
+        log.refresh()
         files = self._list()
         index = self._index
         unknown = [key for key in files if key not in index.uids]
@@ -557,8 +679,13 @@ class MaildirFolder:
                 index.add(entries)
         old = self._ordered()
         fresh: dict[int, MessageInfo] = {}
-        added, changed = [], []
+        added, candidates = [], []
+        #: uid -> (flag mask, modseq shown before or 0) of messages whose modseq needs settling.
+        pending: dict[int, tuple[int, int]] = {}
         flags_of = self._keywords.flags_of
+        logged_of = log.state.get
+        above = self._highest
+        known = 0
         sizes = index.sizes
         last = 0
         ordered = True
@@ -568,9 +695,30 @@ class MaildirFolder:
                 continue
             recent, info = entry
             prev = old.get(uid)
-            if prev is not None and prev.key == key and prev.info == info and prev.recent == recent:
+            logged = logged_of(uid)
+            if logged is not None:
+                known += 1
+            if (
+                prev is not None
+                and logged is not None
+                and logged[0] == prev.modseq
+                and prev.key == key
+                and prev.info == info
+                and prev.recent == recent
+            ):
                 fresh[uid] = prev
             else:
+                shown = prev.modseq if prev is not None else 0
+                mask = flag_mask(info)
+                if (
+                    logged is not None
+                    and logged[1] == mask
+                    and (logged[0] > above or logged[0] == shown)
+                ):
+                    modseq = logged[0]
+                else:
+                    modseq = 0
+                    pending[uid] = (mask, shown)
                 size = None
                 if ",W=" not in key:
                     size = sizes.get(key)
@@ -580,12 +728,12 @@ class MaildirFolder:
                 if not key[:1].isdigit():
                     date = self._foreign_date(key, recent, info)
                 message = fresh[uid] = MessageInfo(
-                    uid, key, flags_of(info), recent, info, size, date
+                    uid, key, flags_of(info), recent, info, size, date, modseq
                 )
                 if prev is None:
                     added.append(message)
-                elif prev.flags != message.flags:
-                    changed.append(message)
+                else:
+                    candidates.append((message, prev))
             if uid < last:
                 ordered = False
             last = uid
@@ -593,13 +741,26 @@ class MaildirFolder:
             fresh = dict(sorted(fresh.items()))
             added.sort(key=lambda m: m.uid)
         expunged = [uid for uid in old if uid not in fresh]
+        gone = expunged
+        if known < len(log.state):
+            gone = sorted({*expunged, *(uid for uid in log.state if uid not in fresh)})
+        if not log.exists:
+            log.create({uid: mask for uid, (mask, _) in pending.items()})
+        self._settle(pending, gone)
+        for uid in pending:
+            fresh[uid].modseq = log.modseq_of(uid)
+        changed = [m for m, prev in candidates if m.flags != prev.flags or m.modseq != prev.modseq]
         self._messages = fresh
         self._listing = None
         self._stamps = stamps
         if notify:
-            self._listeners.notify(self.folder_id, "messages_expunged", expunged)
+            if expunged:
+                self._notify_expunged(expunged)
+            self._show(max((m.modseq for m in (*added, *changed)), default=0))
             self._listeners.notify(self.folder_id, "messages_added", added)
             self._listeners.notify(self.folder_id, "flags_changed", changed)
+        else:
+            self._show(max(1, log.highest))
         self._compact_if_needed()
 
     def _foreign_date(self, key: str, recent: bool, info: str | None) -> float:

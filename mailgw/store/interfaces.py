@@ -12,6 +12,8 @@ Maildir++ layout does) and ``INBOX`` is the user's top Maildir.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from zope.interface import Attribute, Interface
 
 #: The IMAP system flags kept in a Maildir file name's ``:2,`` info part, with their letters.
@@ -48,6 +50,29 @@ class NoSuchMessage(StoreError):
     """The message (by UID) is not, or no longer, in the folder."""
 
 
+class ModifiedSince(StoreError):
+    """A conditional flag change was refused: the message changed after the given modseq.
+
+    ``info`` is the message's IMessageInfo as it is now (its flags and modseq)."""
+
+    def __init__(self, message: str, info: object) -> None:
+        super().__init__(message)
+        self.info = info
+
+
+#: How ``IFolder.set_flags_many`` combines the flags given with those a message has.
+FLAGS_REPLACE, FLAGS_ADD, FLAGS_REMOVE = "replace", "add", "remove"
+
+
+class FlagsSet(NamedTuple):
+    """What ``IFolder.set_flags_many`` did."""
+
+    #: The new IMessageInfo of each message whose flags it changed (or moved out of new/).
+    infos: list
+    #: The UIDs it left alone because they changed after ``unchanged_since``.
+    modified: list
+
+
 class IMessageInfo(Interface):
     """An immutable snapshot of one stored message's metadata."""
 
@@ -57,19 +82,34 @@ class IMessageInfo(Interface):
     size = Attribute("int: size in octets with CRLF line endings (what POP3 and IMAP report).")
     internal_date = Attribute("float: the message's internal date, a POSIX timestamp.")
     recent = Attribute("bool: the file is still in new/ (no client has seen it yet).")
+    modseq = Attribute(
+        "int >= 1: the modification sequence (RFC 7162) of the message's last change: its "
+        "delivery or append, or a change of its flags (keywords too; not \\Recent).  Messages "
+        "of a folder that had no modseq index yet start at 1."
+    )
 
 
 class IFolderListener(Interface):
-    """Told of changes to one folder, whoever made them.  Called on the store's dispatcher."""
+    """Told of changes to one folder, whoever made them.  Called on the store's dispatcher.
+
+    Every IMessageInfo in an event carries its new ``modseq``; the folder's
+    ``highest_modseq`` is at least the largest modseq of any event already sent."""
 
     def messages_added(folder_id: tuple[str, str], infos: list) -> None:
         """New messages (IMessageInfo list, ascending UIDs) were delivered or appended."""
 
     def flags_changed(folder_id: tuple[str, str], infos: list) -> None:
-        """The flags of these messages (new IMessageInfo snapshots) changed."""
+        """The flags of these messages (new IMessageInfo snapshots) changed.
+
+        Also sent, with the flags unchanged, when only the modseq moved (a change that another
+        process recorded, or one undone before it was made, as after a crash)."""
 
     def messages_expunged(folder_id: tuple[str, str], uids: list) -> None:
-        """These UIDs were removed from the folder for good."""
+        """These UIDs (ascending) were removed from the folder for good.
+
+        ``uids`` is a list with one more attribute, ``modseq``: the modseq of the expunge (the
+        largest, if they were expunged in more than one change; 0 when the folder itself was
+        deleted)."""
 
 
 class IFolder(Interface):
@@ -79,6 +119,11 @@ class IFolder(Interface):
     name = Attribute("str: the folder name, 'INBOX' or e.g. 'Sent', 'Archive.2024'.")
     uid_validity = Attribute("int: UIDVALIDITY, fixed for the life of the folder.")
     uid_next = Attribute("int: the UID the next message will get.")
+    highest_modseq = Attribute(
+        "int >= 1: the highest modseq of the folder (RFC 7162 HIGHESTMODSEQ), of its messages "
+        "and its expunges; 1 for a new empty folder.  It never goes down, across restarts and "
+        "crashes too, and every later change gets a larger one."
+    )
 
     def messages() -> tuple:
         """Return IMessageInfo snapshots of all messages, in ascending UID order.
@@ -98,8 +143,33 @@ class IFolder(Interface):
     def append(data: bytes, flags=(), internal_date: float | None = None) -> int:
         """Store ``data`` durably (file and directories fsync'd) and return its UID."""
 
-    def set_flags(uid: int, flags) -> object:
-        """Replace the flags of ``uid``; return the new IMessageInfo.  Raise NoSuchMessage."""
+    def set_flags(uid: int, flags, unchanged_since: int | None = None) -> object:
+        """Replace the flags of ``uid``; return the new IMessageInfo.  Raise NoSuchMessage.
+
+        With ``unchanged_since`` (RFC 7162 UNCHANGEDSINCE), refuse, atomically, if the
+        message's modseq is above it: raise ModifiedSince (carrying the current info) and
+        change nothing.  A change takes a new modseq; setting the flags it has takes none."""
+
+    def set_flags_many(uids, flags, mode: str = FLAGS_REPLACE, unchanged_since=None) -> FlagsSet:
+        """Replace (FLAGS_REPLACE), add (FLAGS_ADD) or remove (FLAGS_REMOVE) ``flags`` on each
+        of ``uids``: the batch form of ``set_flags`` (IMAP STORE), one modseq for all of it
+        and one durable write of each kind, however many messages.
+
+        Return a FlagsSet ``(infos, modified)``: the new IMessageInfo of each message changed
+        (ascending UIDs) and the UIDs refused because their modseq is above ``unchanged_since``
+        (RFC 7162 MODIFIED; none without it).  UIDs not in the folder are skipped.  Raise
+        StoreError for a flag that cannot be stored, before anything changes."""
+
+    def changed_since(modseq: int) -> list:
+        """IMessageInfo of the messages whose modseq is above ``modseq``, ascending UIDs
+        (RFC 7162 CHANGEDSINCE)."""
+
+    def vanished_since(modseq: int) -> list | None:
+        """UIDs expunged at a modseq above ``modseq``, ascending (QRESYNC's VANISHED).
+
+        None when the store no longer knows that far back (it remembers at least the latest
+        ``mailgw.store.modseq.VANISHED_KEPT`` expunges) or never gave ``modseq``: then compare
+        with the UIDs the client knows instead."""
 
     def mark_seen_by_client(uids) -> None:
         """Move these messages from new/ to cur/: they are no longer \\Recent for anyone."""
