@@ -3,8 +3,10 @@ ParseError with the right tag and a readable reason, and nothing else for any in
 
 from __future__ import annotations
 
+import ast
 import random
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -597,7 +599,34 @@ def test_malformed_commands_are_parse_errors(line, tag, reason):
     assert caught.value.reason.isprintable() and len(caught.value.reason) < 100
 
 
-# -- speed and robustness ---------------------------------------------------------------------
+# -- purity, speed and robustness ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imports_of(module: str) -> set[str]:
+    """The modules ``module`` imports, and theirs within mailgw, read from the source (package
+    ``__init__`` files aside: ``mailgw.imap``'s own imports the server)."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        path = ROOT / (name.replace(".", "/") + ".py")
+        if name in seen or not path.exists():
+            seen.add(name)
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return seen
+
+
+@pytest.mark.parametrize("module", ["parser", "framing", "mutf7"])
+def test_wire_layer_imports_nothing_of_twisted_nor_io(module):
+    imported = imports_of(f"mailgw.imap.wire.{module}")
+    assert not {name for name in imported if name.split(".")[0] in ("twisted", "socket", "os")}
 
 
 def best_of(function, repeat: int = 5, number: int = 2000) -> float:
