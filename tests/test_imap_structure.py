@@ -290,11 +290,28 @@ def test_binary_of_an_unknown_encoding_raises_the_documented_error():
         message.binary_size((1,))
 
 
-def test_binary_of_a_missing_part_is_empty_and_of_the_message_is_the_message():
+def test_binary_of_a_missing_part_is_empty_and_of_a_7bit_message_is_the_message():
     message = parse_message(NESTED)
     assert message.binary((7,)) == b""
     assert message.binary(()) == NESTED
     assert message.binary((2, 1)) == b"inner text"
+
+
+def test_binary_of_a_multipart_decodes_each_part_and_relabels_it():
+    data = crlf(
+        "Subject: two parts\nContent-Type: multipart/mixed; boundary=b\n\npreamble\n"
+        "--b\nContent-Transfer-Encoding: base64\nContent-Type: text/plain\n\naGk=\n"
+        "--b\nContent-Type: text/plain\nContent-Transfer-Encoding: 8bit\n\nas is\n--b--\n"
+    )
+    decoded = crlf(
+        "Subject: two parts\nContent-Type: multipart/mixed; boundary=b\n\npreamble\n"
+        "--b\nContent-Type: text/plain\nContent-Transfer-Encoding: binary\n\nhi\n"
+        "--b\nContent-Type: text/plain\nContent-Transfer-Encoding: 8bit\n\nas is\n--b--\n"
+    )
+    message = parse_message(data)
+    assert message.binary(()) == decoded
+    assert message.binary_size(()) == len(decoded)
+    assert message.binary((1,)) == b"hi"
 
 
 # -- robustness ----------------------------------------------------------------------------

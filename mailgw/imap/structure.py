@@ -293,17 +293,44 @@ class ParsedMessage:
         return select_fields(node.fields, section.fields, text == "HEADER.FIELDS.NOT", ended)
 
     def binary(self, part: tuple[int, ...]) -> bytes:
-        """The part's content with its Content-Transfer-Encoding undone (RFC 3516); ``()`` is
-        the whole message as stored, a part that does not exist b"".
+        """The part's content with its Content-Transfer-Encoding undone (RFC 3516); a part
+        that does not exist is b"".
 
-        Raises UnknownTransferEncoding for an encoding it cannot undo."""
+        The content of a multipart or message/rfc822 part, and ``()`` (the whole message,
+        header included), has every part inside decoded and re-labelled
+        ``Content-Transfer-Encoding: binary``, as Dovecot sends them.  Raises
+        UnknownTransferEncoding for an encoding it cannot undo."""
         if not part:
-            return self.data
+            return self._binary_entity(self.root)
         node = self.find(part)
-        if node is None:
-            return b""
+        return b"" if node is None else self._binary_body(node)
+
+    def _binary_body(self, node: Part) -> bytes:
+        if node.message is not None:
+            return self._binary_entity(node.message)
+        if node.children is None:
+            encoding = node.encoding()
+            return node.body if encoding is None else decode(encoding, node.body)
+        pieces = []
+        pos = node.body_start
+        for child in node.children:
+            pieces.append(self.data[pos : child.start])
+            pieces.append(self._binary_entity(child))
+            pos = child.end
+        pieces.append(self.data[pos : node.end])
+        return b"".join(pieces)
+
+    def _binary_entity(self, node: Part) -> bytes:
+        """Header and decoded body; the header says ``binary`` if the body was decoded."""
+        body = self._binary_body(node)
         encoding = node.encoding()
-        return node.body if encoding is None else decode(encoding, node.body)
+        if node.children is not None or node.message is not None or encoding is None:
+            return self.data[node.start : node.body_start] + body
+        if encoding.lower() in (b"7bit", b"8bit", b"binary"):
+            return self.data[node.start : node.body_start] + body
+        kept = [raw for name, raw in node.fields if name != b"content-transfer-encoding"]
+        blank = self.data[node.fields_end : node.body_start]
+        return b"".join(kept) + b"Content-Transfer-Encoding: binary\r\n" + blank + body
 
     def binary_size(self, part: tuple[int, ...]) -> int:
         """The octet count of ``binary(part)``.  Raises UnknownTransferEncoding."""

@@ -14,6 +14,8 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 #: A MIME token (RFC 2045): anything printable but SPACE, CTLs and tspecials.
 _TOKEN = re.compile(rb'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+')
 _SPACE = re.compile(rb"[ \t\r\n]*")
+#: A line and its LF (a lone CR is no line ending), or a last line without one.
+_LINE = re.compile(rb"[^\n]*\n|[^\n]+")
 
 
 def header_end(data: bytes, start: int = 0, end: int | None = None) -> tuple[int, int]:
@@ -44,9 +46,8 @@ def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
     The stored octets of a field run from its name to the line ending of its last
     continuation line.  A line with no colon is a field with an empty name."""
     fields: list[tuple[bytes, bytes]] = []
-    lines = block.splitlines(keepends=True)
     current: list[bytes] = []
-    for line in lines:
+    for line in _LINE.findall(block):
         if line[:1] in (b" ", b"\t") and current:
             current.append(line)
             continue
@@ -91,12 +92,10 @@ def select_fields(
     BODY[HEADER.FIELDS ...]."""
     wanted = {n.encode("ascii", "replace") if isinstance(n, str) else n for n in names}
     wanted = {n.lower() for n in wanted}
-    kept = [raw for name, raw in fields if name and (name in wanted) != negate]
-    return b"".join(_ended(raw) for raw in kept) + (b"\r\n" if ended else b"")
-
-
-def _ended(raw: bytes) -> bytes:
-    return raw if raw.endswith(b"\n") else raw + b"\r\n"
+    kept = [raw for name, raw in fields if (name in wanted) != negate]
+    if not negate:  # Dovecot ends each field it picks, not those it leaves
+        kept = [raw if raw.endswith(b"\n") else raw + b"\r\n" for raw in kept]
+    return b"".join(kept) + (b"\r\n" if ended else b"")
 
 
 # -- structured values (RFC 2045 Content-Type and friends) --------------------------------
