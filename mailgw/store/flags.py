@@ -8,11 +8,19 @@ keyword in the ``:2,`` info part of a file name.  So at most 26 keywords per fol
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from mailgw.durable import replace_file
 from mailgw.store.files import FILE_MODE, store_error
-from mailgw.store.interfaces import SYSTEM_FLAGS, StoreError
+from mailgw.store.interfaces import (
+    FLAGS_ADD,
+    FLAGS_REMOVE,
+    FLAGS_REPLACE,
+    SYSTEM_FLAGS,
+    StoreError,
+)
 
 KEYWORDS_FILE = "dovecot-keywords"
 MAX_KEYWORDS = 26
@@ -91,6 +99,45 @@ class Keywords:
             else:
                 letters.add(self._letter_for(flag))
         return "2," + "".join(sorted(letters))
+
+    def infos_for(
+        self,
+        messages: Sequence,
+        flags: frozenset,
+        mode: str,
+        lock: Callable[[], AbstractContextManager],
+    ) -> list[tuple[object, str]]:
+        """``(message, info part)`` for each message (with ``flags``), the info part its file is
+        to have once ``flags`` replace (FLAGS_REPLACE), are added to (FLAGS_ADD) or removed
+        from (FLAGS_REMOVE) the message's flags.
+
+        Raise StoreError for a flag that cannot be stored, or an unknown mode.  New keywords
+        are added to the table holding ``lock()`` (the writers' lock of the folder)."""
+        if mode not in (FLAGS_REPLACE, FLAGS_ADD, FLAGS_REMOVE):
+            raise StoreError(f"no such way to set flags: {mode!r}")
+        infos: dict[frozenset, str] = {}
+
+        def targets() -> list[tuple[object, str]]:
+            result = []
+            for message in messages:
+                if mode == FLAGS_ADD:
+                    wanted = message.flags | flags
+                elif mode == FLAGS_REMOVE:
+                    wanted = message.flags - flags
+                else:
+                    wanted = flags
+                info = infos.get(wanted)
+                if info is None:
+                    info = infos[wanted] = self.info_of(wanted)
+                result.append((message, info))
+            return result
+
+        if mode == FLAGS_REMOVE or all(
+            flag.startswith("\\") for flag in flags if isinstance(flag, str)
+        ):
+            return targets()
+        with lock():
+            return targets()
 
     def _letter_for(self, keyword: str) -> str:
         if len(keyword) > MAX_KEYWORD_LENGTH or any(

@@ -29,7 +29,6 @@ from mailgw.crashpoint import crash_point
 from mailgw.store.events import Expunged, Listeners
 from mailgw.store.files import (
     clean_stale,
-    crlf_size,
     fsync_dir,
     remove_quietly,
     store_error,
@@ -39,8 +38,6 @@ from mailgw.store.files import (
 )
 from mailgw.store.flags import Keywords
 from mailgw.store.interfaces import (
-    FLAGS_ADD,
-    FLAGS_REMOVE,
     FLAGS_REPLACE,
     FlagsSet,
     IFolder,
@@ -49,8 +46,16 @@ from mailgw.store.interfaces import (
     NoSuchMessage,
     StoreError,
 )
-from mailgw.store.message import MessageInfo, date_from_key, number_after
-from mailgw.store.modseq import ModseqLog, flag_mask
+from mailgw.store.message import (
+    MessageInfo,
+    date_from_key,
+    foreign_date,
+    foreign_size,
+    list_files,
+    number_after,
+)
+from mailgw.store.modseq import flag_mask
+from mailgw.store.sequencer import Sequencer
 from mailgw.store.uidlist import UidList
 
 #: The marker file of a Maildir++ subfolder.
@@ -87,9 +92,7 @@ class MaildirFolder:
         clean_stale(path / "tmp")
         self._index = UidList(path, new_uid_validity)
         self._keywords = Keywords(path)
-        self._modseq = ModseqLog(path, self._index.uid_validity)
-        #: The highest modseq this folder has shown (in messages, events, highest_modseq).
-        self._highest = 0
+        self._seq = Sequencer(path, self._index.uid_validity)
         with self._lock:
             self._rescan(notify=False)
 
@@ -116,7 +119,7 @@ class MaildirFolder:
         """The highest modseq of the folder (RFC 7162 HIGHESTMODSEQ), at least 1."""
         with self._lock:
             self._refresh()
-            return self._highest
+            return self._seq.highest
 
     def changed_since(self, modseq: int) -> list:
         """MessageInfo of the messages whose modseq is above ``modseq``, ascending UIDs."""
@@ -127,12 +130,7 @@ class MaildirFolder:
         remembers that far back or never gave ``modseq``."""
         with self._lock:
             self._refresh()
-            if modseq > self._highest:
-                return None
-            uids = self._modseq.vanished_since(modseq)
-            if uids is None:
-                return None
-            return [uid for uid in uids if uid not in self._messages]
+            return self._seq.vanished_since(modseq, self._messages)
 
     def messages(self) -> tuple:
         """Return MessageInfo snapshots of all messages, in ascending UID order.
@@ -208,8 +206,7 @@ class MaildirFolder:
                     info = self._keywords.info_of(flags) if flags else None
                     [uid] = self._index.add([(key, None)])
                     crash_point("append.indexed")
-                    with self._modseq.locked():
-                        modseq = self._modseq.record({uid: flag_mask(info)})
+                    modseq = self._seq.record({uid: flag_mask(info)})
                     subdir = "cur" if info else "new"
                     dest = self.path / subdir / (f"{key}:{info}" if info else key)
                     os.rename(tmp, dest)
@@ -226,7 +223,7 @@ class MaildirFolder:
             flags_of = self._keywords.flags_of
             message = MessageInfo(uid, key, flags_of(info), not info, info, modseq=modseq)
             self._insert(message)
-            self._show(modseq)
+            self._seq.show(modseq)
             self._listeners.notify(self.folder_id, "messages_added", [message])
         return uid
 
@@ -258,8 +255,9 @@ class MaildirFolder:
         one append to the modseq index and one fsync of each directory for all of them."""
         with self._lock:
             self._refresh()
-            targets = self._flag_targets(uids, frozenset(flags), mode)
-            log = self._modseq
+            wanted = [self._messages[uid] for uid in sorted(set(uids)) if uid in self._messages]
+            targets = self._keywords.infos_for(wanted, frozenset(flags), mode, self._index.locked)
+            log = self._seq.log
             modified, moves, masks = [], [], {}
             with log.locked():
                 for old, info in targets:
@@ -281,7 +279,7 @@ class MaildirFolder:
                 return FlagsSet([], modified)
             self._sync_dirs({"cur", *(old.subdir for old, _ in renamed)})
             crash_point("flags.dir_synced")
-            self._settle({old.uid: (flag_mask(info), old.modseq) for old, info in renamed})
+            self._seq.settle({old.uid: (flag_mask(info), old.modseq) for old, info in renamed})
             flags_of = self._keywords.flags_of
             infos = []
             for old, info in renamed:
@@ -299,7 +297,7 @@ class MaildirFolder:
                 infos.append(new)
             self._listing = None
             self._record_stamps()
-            self._show(max(info.modseq for info in infos))
+            self._seq.show(max(info.modseq for info in infos))
             self._listeners.notify(self.folder_id, "flags_changed", infos)
             return FlagsSet(infos, modified)
 
@@ -339,8 +337,7 @@ class MaildirFolder:
             targets = [uid for uid in sorted(set(uids)) if uid in self._messages]
             if not targets:
                 return []
-            with self._modseq.locked():
-                self._modseq.record({}, targets)
+            self._seq.record({}, targets)
             removed = []
             touched = set()
             for uid in targets:
@@ -366,7 +363,7 @@ class MaildirFolder:
                 self._sync_dirs(touched)
                 crash_point("expunge.dir_synced")
                 self._record_stamps()
-                self._settle({}, removed)
+                self._seq.settle({}, removed)
                 self._notify_expunged(removed)
                 self._compact_if_needed()
             return removed
@@ -427,14 +424,14 @@ class MaildirFolder:
             if self._gone or uid in self._messages:
                 return
             try:
-                self._settle({uid: (0, 0)})
+                self._seq.settle({uid: (0, 0)})
             except StoreError:
                 self._stamps = None
                 return
-            modseq = self._modseq.modseq_of(uid) or self._highest
+            modseq = self._seq.log.modseq_of(uid) or self._seq.highest
             message = MessageInfo(uid, key, frozenset(), True, None, modseq=modseq)
             self._insert(message)
-            self._show(modseq)
+            self._seq.show(modseq)
             self._listeners.notify(self.folder_id, "messages_added", [message])
 
     def withdraw(self, key: str) -> None:
@@ -470,8 +467,7 @@ class MaildirFolder:
         try:
             uids = self._index.add([(key, None) for key in keys])
             crash_point("delivery.indexed")
-            with self._modseq.locked():
-                self._modseq.record(dict.fromkeys(uids, 0))
+            self._seq.record(dict.fromkeys(uids, 0))
             fsync_dir(new)
             crash_point("delivery.dir_synced")
             return uids
@@ -484,40 +480,6 @@ class MaildirFolder:
         except OSError:
             pass
         return error
-
-    def _flag_targets(
-        self, uids: Iterable[int], flags: frozenset, mode: str
-    ) -> list[tuple[MessageInfo, str]]:
-        """``(message, info part its file is to have)`` for each of ``uids`` in the folder.
-
-        Raise StoreError for a flag that cannot be stored; a new keyword is added to the
-        keyword table under the index's lock."""
-        if mode not in (FLAGS_REPLACE, FLAGS_ADD, FLAGS_REMOVE):
-            raise StoreError(f"no such way to set flags: {mode!r}")
-        messages = [self._messages[uid] for uid in sorted(set(uids)) if uid in self._messages]
-        infos: dict[frozenset, str] = {}
-
-        def targets() -> list[tuple[MessageInfo, str]]:
-            result = []
-            for old in messages:
-                if mode == FLAGS_ADD:
-                    wanted = old.flags | flags
-                elif mode == FLAGS_REMOVE:
-                    wanted = old.flags - flags
-                else:
-                    wanted = flags
-                info = infos.get(wanted)
-                if info is None:
-                    info = infos[wanted] = self._keywords.info_of(wanted)
-                result.append((old, info))
-            return result
-
-        if mode == FLAGS_REMOVE or all(
-            flag.startswith("\\") for flag in flags if isinstance(flag, str)
-        ):
-            return targets()
-        with self._index.locked():
-            return targets()
 
     def _rename_flags(self, old: MessageInfo, info: str) -> MessageInfo | None:
         """Rename the file of ``old`` into cur/ with the info part ``info``; return the message
@@ -543,42 +505,9 @@ class MaildirFolder:
                 raise store_error(f"cannot change the flags of message {uid}", e) from e
         return None
 
-    def _settle(self, present: dict[int, tuple[int, int]], gone: Iterable[int] = ()) -> None:
-        """Make sure what this folder is about to show has a modseq it may show.
-
-        ``present`` maps each UID about to be shown to ``(flag mask of its file, modseq shown
-        for it before, or 0)``; ``gone`` lists UIDs about to be shown expunged.  The modseq
-        index's own is kept if it is above every modseq shown (or is the very one shown);
-        the others get a new modseq, recorded in one append."""
-        log = self._modseq
-        gone = list(gone)
-
-        def unsettled() -> tuple[dict[int, int], list[int]]:
-            above = self._highest
-            state, expunged = log.state, log.expunged
-            masks = {}
-            for uid, (mask, shown) in present.items():
-                entry = state.get(uid)
-                if entry is None or entry[1] != mask or (entry[0] <= above and entry[0] != shown):
-                    masks[uid] = mask
-            lost = [uid for uid in gone if uid in state or expunged.get(uid, 0) <= above]
-            return masks, lost
-
-        masks, lost = unsettled()
-        if masks or lost:
-            with log.locked():
-                log.record(*unsettled())
-
-    def _show(self, modseq: int) -> None:
-        """Something with ``modseq`` is being shown: the highest modseq is at least that."""
-        if modseq > self._highest:
-            self._highest = modseq
-
     def _notify_expunged(self, uids: list[int]) -> None:
         """Tell the listeners these UIDs are gone, with the modseq of their expunge."""
-        expunged = self._modseq.expunged
-        modseq = max((expunged.get(uid, 0) for uid in uids), default=0)
-        self._show(modseq)
+        modseq = self._seq.expunge_modseq(uids)
         self._listeners.notify(self.folder_id, "messages_expunged", Expunged(uids, modseq))
 
     def _check(self) -> None:
@@ -633,29 +562,6 @@ class MaildirFolder:
         except OSError as e:
             raise store_error(f"cannot sync folder {self.name!r}", e) from e
 
-    def _list(self) -> dict[str, tuple[bool, str | None]]:
-        files: dict[str, tuple[bool, str | None]] = {}
-        for subdir, recent in (("new", True), ("cur", False)):
-            try:
-                names = os.listdir(self.path / subdir)
-            except FileNotFoundError:
-                raise NoSuchFolder(f"folder {self.name!r} no longer exists") from None
-            except OSError as e:
-                raise store_error(f"cannot list folder {self.name!r}", e) from e
-            for name in names:
-                if name[:1] == ".":
-                    continue
-                key, sep, info = name.partition(":")
-                files[key] = (recent, info if sep else None)
-        return files
-
-    def _foreign_size(self, key: str, recent: bool, info: str | None) -> int:
-        name = f"{key}:{info}" if info is not None else key
-        try:
-            return crlf_size(self.path / ("new" if recent else "cur") / name)
-        except OSError:
-            return number_after(key, ",S=") or 0
-
     def _rescan(self, notify: bool) -> None:
         """List new/ and cur/, give unknown files UIDs, and rebuild the snapshot; whatever
         differs from what the modseq index says gets a new modseq (see ``_settle``)."""
@@ -663,15 +569,15 @@ class MaildirFolder:
         stamps = self._dir_stamps()
         self._keywords.reload()
         self._index.refresh()
-        log = self._modseq
+        log = self._seq.log
         log.refresh()
-        files = self._list()
+        files = list_files(self.path, self.name)
         index = self._index
         unknown = [key for key in files if key not in index.uids]
         if unknown:
             unknown.sort(key=lambda k: (date_from_key(k) or 0.0, k))
             entries = [
-                (key, None if ",W=" in key else self._foreign_size(key, *files[key]))
+                (key, None if ",W=" in key else foreign_size(self.path, key, *files[key]))
                 for key in unknown
             ]
             with index.locked():
@@ -684,7 +590,7 @@ class MaildirFolder:
         pending: dict[int, tuple[int, int]] = {}
         flags_of = self._keywords.flags_of
         logged_of = log.state.get
-        above = self._highest
+        above = self._seq.highest
         known = 0
         sizes = index.sizes
         last = 0
@@ -723,10 +629,10 @@ class MaildirFolder:
                 if ",W=" not in key:
                     size = sizes.get(key)
                     if size is None:
-                        size = sizes[key] = self._foreign_size(key, recent, info)
+                        size = sizes[key] = foreign_size(self.path, key, recent, info)
                 date = None
                 if not key[:1].isdigit():
-                    date = self._foreign_date(key, recent, info)
+                    date = foreign_date(self.path, key, recent, info)
                 message = fresh[uid] = MessageInfo(
                     uid, key, flags_of(info), recent, info, size, date, modseq
                 )
@@ -746,7 +652,7 @@ class MaildirFolder:
             gone = sorted({*expunged, *(uid for uid in log.state if uid not in fresh)})
         if not log.exists:
             log.create({uid: mask for uid, (mask, _) in pending.items()})
-        self._settle(pending, gone)
+        self._seq.settle(pending, gone)
         for uid in pending:
             fresh[uid].modseq = log.modseq_of(uid)
         changed = [m for m, prev in candidates if m.flags != prev.flags or m.modseq != prev.modseq]
@@ -756,24 +662,17 @@ class MaildirFolder:
         if notify:
             if expunged:
                 self._notify_expunged(expunged)
-            self._show(max((m.modseq for m in (*added, *changed)), default=0))
+            self._seq.show(max((m.modseq for m in (*added, *changed)), default=0))
             self._listeners.notify(self.folder_id, "messages_added", added)
             self._listeners.notify(self.folder_id, "flags_changed", changed)
         else:
-            self._show(max(1, log.highest))
+            self._seq.show(max(1, log.highest))
         self._compact_if_needed()
-
-    def _foreign_date(self, key: str, recent: bool, info: str | None) -> float:
-        name = f"{key}:{info}" if info is not None else key
-        try:
-            return os.stat(self.path / ("new" if recent else "cur") / name).st_mtime
-        except OSError:
-            return 0.0
 
     def _compact_if_needed(self) -> None:
         if not self._index.needs_compaction(len(self._messages)):
             return
         with self._index.locked():
             self._index.refresh()
-            live = self._list()
+            live = list_files(self.path, self.name)
             self._index.compact(live)

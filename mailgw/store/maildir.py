@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from mailgw.durable import replace_file
 from mailgw.store.commit import GroupCommitter
-from mailgw.store.events import Listeners, call_now
+from mailgw.store.events import Expunged, Listeners, call_now
 from mailgw.store.files import (
     DIR_MODE,
     FILE_MODE,
@@ -181,7 +181,7 @@ class MaildirStore:
             cached = self._folders.pop((address, name), None)
             if cached is not None:
                 uids = cached.mark_gone()
-                self._listeners.notify((address, name), "messages_expunged", uids)
+                self._listeners.notify((address, name), "messages_expunged", Expunged(uids, 0))
 
     def rename_folder(self, address: str, old: str, new: str) -> None:
         """Rename a folder and its subfolders; renaming INBOX is not supported here."""

@@ -1,10 +1,15 @@
-"""One message's metadata as the store hands it out (IMessageInfo), read from its file name."""
+"""One message's metadata as the store hands it out (IMessageInfo), read from its file name,
+and the listing of a Maildir's message files it is read from."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from zope.interface import implementer
 
-from mailgw.store.interfaces import IMessageInfo
+from mailgw.store.files import crlf_size, store_error
+from mailgw.store.interfaces import IMessageInfo, NoSuchFolder
 
 
 def number_after(key: str, field: str) -> int | None:
@@ -87,3 +92,40 @@ class MessageInfo:
             f"<MessageInfo uid={self.uid} flags={sorted(self.flags)} recent={self.recent} "
             f"modseq={self.modseq}>"
         )
+
+
+def list_files(path: Path, name: str) -> dict[str, tuple[bool, str | None]]:
+    """The message files of the Maildir ``path`` (folder ``name``, for errors): base name ->
+    (in new/, info part or None).  Raise NoSuchFolder if it is gone, StoreError."""
+    files: dict[str, tuple[bool, str | None]] = {}
+    for subdir, recent in (("new", True), ("cur", False)):
+        try:
+            names = os.listdir(path / subdir)
+        except FileNotFoundError:
+            raise NoSuchFolder(f"folder {name!r} no longer exists") from None
+        except OSError as e:
+            raise store_error(f"cannot list folder {name!r}", e) from e
+        for entry in names:
+            if entry[:1] == ".":
+                continue
+            key, sep, info = entry.partition(":")
+            files[key] = (recent, info if sep else None)
+    return files
+
+
+def foreign_size(path: Path, key: str, recent: bool, info: str | None) -> int:
+    """The CRLF size of a message file whose name does not say it (read once), or its S=."""
+    name = f"{key}:{info}" if info is not None else key
+    try:
+        return crlf_size(path / ("new" if recent else "cur") / name)
+    except OSError:
+        return number_after(key, ",S=") or 0
+
+
+def foreign_date(path: Path, key: str, recent: bool, info: str | None) -> float:
+    """The internal date of a message file whose name does not start with one: its mtime."""
+    name = f"{key}:{info}" if info is not None else key
+    try:
+        return os.stat(path / ("new" if recent else "cur") / name).st_mtime
+    except OSError:
+        return 0.0
