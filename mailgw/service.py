@@ -28,7 +28,6 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDef
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
-from twisted.mail.imap4 import IAccount
 from twisted.mail.pop3 import IMailbox
 from twisted.mail.smtp import IMessageDelivery
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -97,7 +96,7 @@ def build_context(
         {
             IMessageDelivery: partial(smtp.make_avatar, store),
             IMailbox: partial(pop3.make_avatar, store),
-            IAccount: partial(imap.make_avatar, store),
+            imap.IAccount: partial(imap.make_avatar, store),
         }
     )
     return ServerContext(

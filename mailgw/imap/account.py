@@ -1,30 +1,24 @@
-"""A user's folders as Twisted's ``IAccount``, over the store's ``IMailStore``.
+"""A user's folders over the store's ``IMailStore``, for one logged-in IMAP session.
 
-Replaces Twisted's ``MemoryAccount``: folder names come from the store ('.' hierarchy
-delimiter, ``INBOX`` first and case-insensitive), every call that touches the disk runs with
-``deferToThread``, and store errors become ``MailboxException`` so the session answers ``NO``:
-``NoSuchMailbox`` for a folder that does not exist, ``StoreFailed`` when the store itself failed.
-Subscriptions live in Dovecot's ``subscriptions`` file (``mailgw.store.subscriptions``); a new
-user gets the SPECIAL-USE folders (RFC 6154) Sent, Drafts, Trash, Junk and Archive, subscribed,
-at their first login.
+Folder names come from the store ('.' hierarchy delimiter, ``INBOX`` first and
+case-insensitive), every call that touches the disk runs in a thread (``errors.in_thread``), and
+store errors come back as the failures of ``mailgw.imap.errors``.  Subscriptions live in
+Dovecot's ``subscriptions`` file (``mailgw.store.subscriptions``); a new user gets the
+SPECIAL-USE folders (RFC 6154) Sent, Drafts, Trash, Junk and Archive, subscribed, at their first
+login.
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import deferToThread
-from twisted.mail import imap4
-from zope.interface import implementer
+import re
 
-from mailgw.imap.mailbox import SessionMailbox, append_file, folder_snapshot
-from mailgw.store.interfaces import (
-    FolderExists,
-    InvalidFolderName,
-    NoSuchFolder,
-    NoSuchMessage,
-    StoreBusy,
-    StoreError,
-)
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import Interface, implementer
+
+from mailgw.imap.errors import MailboxError, MailboxExists, NoSuchMailbox, StoreFailed, in_thread
+from mailgw.imap.mailbox import SessionMailbox, folder_snapshot
+from mailgw.imap.parsing import storable_flags
+from mailgw.store.interfaces import FolderExists, NoSuchMessage
 from mailgw.store.subscriptions import change_subscriptions, read_subscriptions
 
 DELIMITER = "."
@@ -39,25 +33,8 @@ SPECIAL_USE = {
 }
 
 
-class NoSuchMailbox(imap4.MailboxException):
-    """The named folder does not exist (APPEND/COPY answer with [TRYCREATE])."""
-
-
-class StoreFailed(imap4.MailboxException):
-    """The store failed (disk, permissions, corrupt index, lock timeout), not the client.
-
-    ``cause`` is the store's error as a Failure (with its traceback), for the log; ``user`` and
-    ``folder`` (None when no one folder was concerned) say where; ``code`` is the RFC 5530
-    response code to answer with: ``[UNAVAILABLE]`` for a temporary failure (``StoreBusy``),
-    else ``[SERVERBUG]``."""
-
-    def __init__(self, cause, user: str, folder: str | None) -> None:
-        super().__init__("Mailbox operation failed")
-        self.cause = cause
-        self.user = user
-        self.folder = folder
-        self.temporary = cause.check(StoreBusy) is not None
-        self.code = b"[UNAVAILABLE]" if self.temporary else b"[SERVERBUG]"
+class IAccount(Interface):
+    """The avatar interface an IMAP session asks the portal for: a ``MailAccount``."""
 
 
 def folder_name(name: str) -> str:
@@ -67,23 +44,21 @@ def folder_name(name: str) -> str:
     return name
 
 
-@implementer(imap4.IMailboxInfo)
-class FolderInfo:
-    """What LIST shows of a folder."""
-
-    def __init__(self, flags: list) -> None:
-        self._flags = flags
-
-    def getFlags(self) -> list:
-        """LIST attributes, e.g. ['\\\\HasNoChildren']."""
-        return self._flags
-
-    def getHierarchicalDelimiter(self) -> str:
-        """'.'."""
-        return DELIMITER
+def list_pattern(pattern: str) -> re.Pattern:
+    """LIST's ``*`` (anything) and ``%`` (anything but the delimiter) as a regular expression
+    matching whole names; everything else stands for itself."""
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "%":
+            parts.append("[^" + re.escape(DELIMITER) + "]*")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL)
 
 
-@implementer(imap4.IAccount, imap4.INamespacePresenter)
+@implementer(IAccount)
 class MailAccount:
     """One logged-in user's view of their folders."""
 
@@ -94,22 +69,7 @@ class MailAccount:
         self.watched: set = set()
 
     def _run(self, call, *args, folder: str | None = None) -> Deferred:
-        """``call(*args)`` in a thread, its store errors as ``MailboxException``s (``folder``:
-        the folder concerned, for the log of a ``StoreFailed``)."""
-
-        def translate(failure):
-            failure.trap(StoreError, NoSuchMailbox)
-            if failure.check(NoSuchMailbox):
-                raise failure.value
-            if failure.check(NoSuchFolder):
-                raise NoSuchMailbox("No such mailbox")
-            if failure.check(FolderExists):
-                raise imap4.MailboxCollision("Mailbox already exists")
-            if failure.check(InvalidFolderName):
-                raise imap4.MailboxException("Invalid mailbox name")
-            raise StoreFailed(failure, self.address, folder)
-
-        return deferToThread(call, *args).addErrback(translate)
+        return in_thread(self.address, folder, call, *args)
 
     # -- folders --------------------------------------------------------------------------
 
@@ -132,10 +92,10 @@ class MailAccount:
 
         return self._run(work)
 
-    def listMailboxes(self, ref: str, wildcard: str, subscribed: bool = False) -> Deferred:
-        """``[(name, FolderInfo)]`` for the folders matching ``ref`` + ``wildcard`` (only the
-        subscribed ones, LSUB, if ``subscribed``)."""
-        pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
+    def list_folders(self, reference: str, pattern: str, subscribed: bool = False) -> Deferred:
+        """``[(name, [attribute, ...])]`` for the folders matching ``reference`` + ``pattern``
+        (only the subscribed ones, LSUB, if ``subscribed``)."""
+        regex = list_pattern(reference + pattern)
         store, address = self._store, self.address
 
         def work():
@@ -149,7 +109,7 @@ class MailAccount:
             existing = set(names)
             found = []
             for name in shown:
-                if not pattern.match(name) and not (name == "INBOX" and pattern.match("inbox")):
+                if not regex.fullmatch(name) and not (name == "INBOX" and regex.fullmatch("inbox")):
                     continue
                 children = any(other.startswith(name + DELIMITER) for other in names)
                 flags = ["\\HasChildren" if children else "\\HasNoChildren"]
@@ -157,7 +117,7 @@ class MailAccount:
                     flags.append(SPECIAL_USE[name])
                 if name not in existing:
                     flags = ["\\Noselect"]
-                found.append((name, FolderInfo(flags)))
+                found.append((name, flags))
             return found
 
         return self._run(work).addCallback(matching)
@@ -167,44 +127,43 @@ class MailAccount:
         name = folder_name(name)
         return self._run(self._store.folder, self.address, name, folder=name)
 
-    def select(self, name: str, rw: bool = True) -> Deferred:
+    def select(self, name: str, writeable: bool = True) -> Deferred:
         """Open a folder for this session: a SessionMailbox, or None if there is none; fails
         with ``StoreFailed`` if the store cannot open it."""
-        store, address = self._store, self.address
+        store, address, name = self._store, self.address, folder_name(name)
 
         def work():
-            folder = store.folder(address, folder_name(name))
+            folder = store.folder(address, name)
             return folder, folder_snapshot(folder)
 
         def opened(result):
             folder, infos = result
-            return SessionMailbox(store, folder, infos, bool(rw), self.watched)
+            return SessionMailbox(store, folder, infos, writeable, self.watched)
 
         def missing(failure):
             if failure.check(StoreFailed):
                 return failure
-            failure.trap(imap4.MailboxException)  # no such folder, or a name none can have
+            failure.trap(MailboxError)  # no such folder, or a name none can have
             return None
 
         # A folder already open and unchanged on disk is selected without a thread hop.
-        folder = store.open_folder(address, folder_name(name))
+        folder = store.open_folder(address, name)
         infos = folder.messages_if_fresh() if folder is not None else None
         if infos is not None:
             return succeed(opened((folder, folder_snapshot(folder, infos))))
-        return self._run(work, folder=folder_name(name)).addCallbacks(opened, missing)
+        return self._run(work, folder=name).addCallbacks(opened, missing)
 
-    def create(self, pathspec: str) -> Deferred:
+    def create(self, name: str) -> Deferred:
         """Create a folder (a trailing '.' only says it will hold children)."""
-        name = folder_name(pathspec.rstrip(DELIMITER))
+        name = folder_name(name.rstrip(DELIMITER))
         if name == "INBOX":
-            raise imap4.MailboxCollision("INBOX always exists")
-        return self._run(self._store.create_folder, self.address, name).addCallback(lambda _: True)
+            raise MailboxExists("[ALREADYEXISTS] INBOX always exists")
+        return self._run(self._store.create_folder, self.address, name, folder=name)
 
     def delete(self, name: str) -> Deferred:
         """Delete a folder and its messages."""
-        return self._run(self._store.delete_folder, self.address, folder_name(name)).addCallback(
-            lambda _: True
-        )
+        name = folder_name(name)
+        return self._run(self._store.delete_folder, self.address, name, folder=name)
 
     def rename(self, oldname: str, newname: str) -> Deferred:
         """Rename a folder and its children; renaming INBOX moves its messages to a new
@@ -212,7 +171,7 @@ class MailAccount:
         old, new = folder_name(oldname), folder_name(newname)
         store, address = self._store, self.address
         if old != "INBOX":
-            return self._run(store.rename_folder, address, old, new).addCallback(lambda _: True)
+            return self._run(store.rename_folder, address, old, new, folder=old)
 
         def move_inbox():
             inbox = store.folder(address)
@@ -227,9 +186,8 @@ class MailAccount:
                 target.append(data, info.flags, info.internal_date)
                 moved.append(info.uid)
             inbox.expunge(moved)
-            return True
 
-        return self._run(move_inbox)
+        return self._run(move_inbox, folder=old)
 
     def subscribe(self, name: str) -> Deferred:
         """Add a folder name (existing or not) to the subscriptions file."""
@@ -237,7 +195,7 @@ class MailAccount:
         return self._run(change_subscriptions, user_dir, [folder_name(name)], ())
 
     def unsubscribe(self, name: str) -> Deferred:
-        """Remove a folder name from the subscriptions file (NO if it was not there)."""
+        """Remove a folder name from the subscriptions file (NoSuchMailbox if it was not)."""
         user_dir = self._store.user_dir(self.address)
         name = folder_name(name)
 
@@ -248,54 +206,39 @@ class MailAccount:
 
         return self._run(work)
 
-    def addMailbox(self, name: str, mbox=None) -> Deferred:
-        """Create a folder (Twisted's older spelling of create)."""
-        return self.create(name)
-
     # -- messages -------------------------------------------------------------------------
 
-    def append(self, name: str, message, flags, date: float | None) -> Deferred:
-        """Store a message read from the file ``message`` into a folder; return (UIDVALIDITY,
-        UID)."""
-        store, address = self._store, self.address
+    def append(self, name: str, messages) -> Deferred:
+        """Store messages (``AppendMessage``s: data, flags, internal date) into a folder, in
+        order; fires with (UIDVALIDITY, [UID, ...])."""
+        store, address, name = self._store, self.address, folder_name(name)
 
         def work():
-            folder = store.folder(address, folder_name(name))
-            uid = append_file(folder, message, flags, date)
-            return folder.uid_validity, uid
+            folder = store.folder(address, name)
+            uids = [
+                folder.append(m.data, storable_flags(m.flags), m.internal_date) for m in messages
+            ]
+            return folder.uid_validity, uids
 
-        return self._run(work, folder=folder_name(name))
+        return self._run(work, folder=name)
 
-    def status(self, name: str, names: list) -> Deferred:
-        """STATUS items of a folder, without selecting it: {name: int}."""
-        return self.select(name, False).addCallback(self._status, names)
+    def status(self, name: str, items) -> Deferred:
+        """STATUS items of a folder, without selecting it: {item: int}, in the order asked."""
 
-    def _status(self, mailbox: SessionMailbox | None, names: list) -> dict:
-        if mailbox is None:
-            raise NoSuchMailbox("No such mailbox")
-        return imap4.statusRequestHelper(mailbox, names)
+        def report(mailbox: SessionMailbox | None) -> dict:
+            if mailbox is None:
+                raise NoSuchMailbox("No such mailbox")
+            return mailbox.status(items)
+
+        return self.select(name, False).addCallback(report)
 
     def logout(self) -> None:
         """The session ended: stop watching every folder it showed."""
         for mailbox in list(self.watched):
             mailbox.close()
 
-    # -- INamespacePresenter --------------------------------------------------------------
-
-    def getPersonalNamespaces(self) -> list:
-        """One personal namespace: no prefix, '.' delimiter."""
-        return [["", DELIMITER]]
-
-    def getSharedNamespaces(self) -> None:
-        """No shared namespaces."""
-        return None
-
-    def getUserNamespaces(self) -> None:
-        """No other users' namespaces."""
-        return None
-
 
 def make_avatar(store, address: str) -> tuple:
-    """The realm's factory for IMAP: ``(IAccount provider, logout callable)``."""
+    """The realm's factory for IMAP: ``(MailAccount, logout callable)``."""
     account = MailAccount(store, address)
     return account, account.logout

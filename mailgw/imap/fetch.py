@@ -1,157 +1,95 @@
-"""FETCH for ``IMAP4Server``: implicit \\Seen, exact header sections, partial ranges, streaming.
+"""FETCH and UID FETCH: one path for every shape of request, fast for all of them.
 
-A mixin over Twisted's ``IMAP4Server.do_FETCH``/``spew_*``.  It replaces ``do_FETCH`` so the
-mailbox can load what the items need (and set \\Seen) in a thread before anything is written,
-replaces ``spew_body``/``spew_rfc822*`` so header sections are the stored bytes (Twisted
-re-formats a header dict) and ``<start.length>`` is honoured (Twisted ignores it), and streams
-bodies from the message file with ``LiteralProducer`` (a pull producer that closes the file).
-Twisted's own ``spewMessage`` still writes each ``* n FETCH (...)`` line, except for the common
-item sets (UID, FLAGS, RFC822.SIZE, INTERNALDATE, BODY[]/BODY.PEEK[]): those are answered in one
-pass over the whole range by ``ResponseProducer`` (metadata from the store's snapshots, message
-files read only for BODY[], written in large chunks as the transport asks for them), since
-Twisted's per-message scheduler, Deferreds and buffers cost several times the work itself.
+The set is resolved on the reactor against the session's view; the messages are then taken in
+batches (at most ``BATCH_MESSAGES``, about ``CHUNK`` octets of message data): for each batch a
+worker thread sets \\Seen where a non-PEEK body item asks for it, reads what the items need (no
+file for UID, FLAGS, INTERNALDATE, RFC822.SIZE; the header block for ENVELOPE and top-level
+header sections; the whole message otherwise) and serialises the batch's ``* n FETCH`` lines.
+The reactor writes a batch, starts the next one's thread work, and waits until the transport
+has sent what it holds (a push producer registered on it) before writing more, so memory
+stays bounded and the disk and the network work at once.  A message gone by then is left out.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPullProducer
-from twisted.logger import Logger
-from twisted.mail import imap4
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from mailgw.imap.message import select_fields
-from mailgw.imap.parsing import FetchPlan
-from mailgw.imap.view import RECENT
+from mailgw.imap.reply import Reply, bad, no, ok
+from mailgw.imap.selected import checked_set
+from mailgw.imap.structure import (
+    UnknownTransferEncoding,
+    envelope_of_header,
+    header_block,
+    parse_message,
+)
+from mailgw.imap.view import RECENT, SEEN
+from mailgw.imap.wire import commands as c
+from mailgw.imap.wire import responses as r
 from mailgw.store.interfaces import NoSuchMessage
 
-_log = Logger()
-
-
-@implementer(IPullProducer)
-class LiteralProducer:
-    """Writes ``{n}\\r\\n`` and then ``n`` octets of a binary file from ``start``; closes it."""
-
-    CHUNK = 64 * 1024
-
-    def __init__(self, fp, start: int, length: int) -> None:
-        self._fp = fp
-        self._remaining = length
-        fp.seek(start)
-        self._done: Deferred = Deferred()
-        self._consumer = None
-
-    def beginProducing(self, consumer) -> Deferred:
-        """Start writing to ``consumer``; the Deferred fires when all octets are written."""
-        self._consumer = consumer
-        consumer.write(b"{%d}\r\n" % self._remaining)
-        consumer.registerProducer(self, False)
-        return self._done
-
-    def resumeProducing(self) -> None:
-        """Write the next chunk (called by the transport when it wants more)."""
-        if self._consumer is None:
-            return
-        if self._remaining <= 0:
-            self._finish()
-            return
-        data = self._fp.read(min(self.CHUNK, self._remaining))
-        if not data:
-            self._fail(OSError("message file ended early"))
-            return
-        self._remaining -= len(data)
-        self._consumer.write(data)
-
-    def stopProducing(self) -> None:
-        """The connection went away."""
-        self._fail(ConnectionError("connection lost while sending a literal"))
-
-    def _finish(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        consumer.unregisterProducer()
-        self._fp.close()
-        self._done.callback(None)
-
-    def _fail(self, error: Exception) -> None:
-        if self._consumer is None:
-            return
-        consumer, self._consumer = self._consumer, None
-        consumer.unregisterProducer()
-        self._fp.close()
-        self._done.errback(error)
-
-
-@implementer(IPullProducer)
-class ResponseProducer:
-    """Writes the byte strings of an iterator, one each time the transport asks for more;
-    the Deferred fires when the iterator is exhausted (it is closed if the connection goes)."""
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
-        self._done: Deferred = Deferred()
-        self._consumer = None
-
-    def beginProducing(self, consumer) -> Deferred:
-        """Start writing to ``consumer``."""
-        self._consumer = consumer
-        consumer.registerProducer(self, False)
-        return self._done
-
-    def resumeProducing(self) -> None:
-        """Write the next piece; finish when there is none left."""
-        consumer = self._consumer
-        if consumer is None:
-            return
-        try:
-            piece = next(self._pieces, None)
-        except Exception as error:
-            self._stop(error)
-            return
-        if piece is None:
-            self._stop(None)
-        else:
-            consumer.write(piece)
-
-    def stopProducing(self) -> None:
-        """The connection went away."""
-        self._stop(ConnectionError("connection lost while sending FETCH responses"))
-
-    def _stop(self, error: Exception | None) -> None:
-        if self._consumer is None:
-            return
-        consumer, self._consumer = self._consumer, None
-        consumer.unregisterProducer()
-        self._pieces.close()
-        if error is None:
-            self._done.callback(None)
-        else:
-            self._done.errback(error)
-
-
-_METADATA = frozenset({"uid", "flags", "rfc822size", "internaldate"})
-_MONTHS = (b"", *(m.encode() for m in "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()))
-#: Responses are written in pieces of about this size; bodies above it are read in such pieces.
+#: About this many octets of message data go into one batch (a larger message goes alone).
 CHUNK = 256 * 1024
+#: The most messages in one batch.
+BATCH_MESSAGES = 500
+
+_METADATA = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"})
+_SETS_SEEN = frozenset({"RFC822", "RFC822.TEXT"})
+#: The items whose section, without .PEEK, sets \\Seen.
+_SECTIONS = frozenset({"BODY", "BINARY"})
+_MONTHS = (b"", *(m.encode() for m in "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()))
+#: What a FETCH reads of each message.
+NOTHING, HEADER, WHOLE = range(3)
+_HEADER_TEXTS = frozenset({"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"})
+#: Octets a header block is read in.
+_HEADER_READ = 8192
 
 
-def fast_items(query: list) -> bool:
-    """Can ``fetch_responses`` answer every item of ``query`` (metadata and BODY[])?"""
-    for item in query:
-        if item.type in _METADATA:
-            continue
-        if item.type == "body" and item.empty and not item.part and item.partialBegin is None:
-            continue
-        return False
-    return True
+@dataclass(frozen=True)
+class Plan:
+    """What a FETCH's items need: the items in reply order, whether \\Seen is set, and how
+    much of each message is read (NOTHING, HEADER or WHOLE)."""
+
+    attributes: tuple[c.FetchAttribute, ...]
+    sets_seen: bool
+    reads: int
+
+    @classmethod
+    def of(cls, attributes: tuple, writeable: bool, uid: bool) -> Plan:
+        """The plan for ``attributes``; FLAGS is added when \\Seen will be set (and reported),
+        and UID FETCH reports UID last (as mailgw always has)."""
+        sets_seen = writeable and any(
+            a.name in _SETS_SEEN or (a.name in _SECTIONS and a.section is not None and not a.peek)
+            for a in attributes
+        )
+        if sets_seen and not any(a.name == "FLAGS" for a in attributes):
+            attributes = (*attributes, c.FetchAttribute("FLAGS"))
+        if uid:
+            attributes = (*(a for a in attributes if a.name != "UID"), c.FetchAttribute("UID"))
+        reads = max((_reads(a) for a in attributes), default=NOTHING)
+        return cls(tuple(attributes), sets_seen, reads)
+
+
+def _reads(attribute: c.FetchAttribute) -> int:
+    name, section = attribute.name, attribute.section
+    if name in _METADATA:
+        return NOTHING
+    if name in ("ENVELOPE", "RFC822.HEADER"):
+        return HEADER
+    if name == "BODY" and section is not None and not section.part:
+        return HEADER if section.text in _HEADER_TEXTS else WHOLE
+    return WHOLE
 
 
 def internal_date(timestamp: float) -> bytes:
-    """INTERNALDATE's value for a POSIX timestamp, in UTC, as Twisted's spew_internaldate."""
+    """INTERNALDATE's value for a POSIX timestamp, in UTC."""
     t = time.gmtime(timestamp)
     return b'"%02d-%s-%d %02d:%02d:%02d +0000"' % (
         t.tm_mday,
@@ -163,11 +101,25 @@ def internal_date(timestamp: float) -> bytes:
     )
 
 
-def _flags_item(flags: frozenset, recent: bool) -> bytes:
-    names = sorted(flags)
-    if recent:
-        names.append(RECENT)
-    return b"FLAGS (" + " ".join(names).encode("utf-8") + b")"
+def section_label(name: str, section: c.Section, partial: tuple[int, int] | None) -> bytes:
+    """The response's name for a section: ``BODY[1.HEADER.FIELDS (TO)]<0>``."""
+    words = [b".".join(b"%d" % n for n in section.part)] if section.part else []
+    if section.text is not None:
+        words.append(section.text.encode("ascii"))
+    inside = b".".join(words)
+    if section.fields:
+        inside += b" (" + " ".join(section.fields).encode("ascii", "replace") + b")"
+    label = name.encode("ascii") + b"[" + inside + b"]"
+    if partial is not None:
+        label += b"<%d>" % partial[0]
+    return label
+
+
+def _window(data: bytes, partial: tuple[int, int] | None) -> bytes:
+    if partial is None:
+        return data
+    start, length = partial
+    return data[start : start + length]
 
 
 def read_as_listed(folder_path: str, info) -> bytes | None:
@@ -184,225 +136,231 @@ def read_as_listed(folder_path: str, info) -> bytes | None:
     return data if len(data) == info.size else None
 
 
-def fetch_responses(rows, query: list, uid: bool, folder) -> Iterator[bytes]:
-    """The ``* n FETCH (...)`` responses for ``rows`` of ``(seq, IMessageInfo, \\Recent)`` of
-    ``folder``, items in query order (UID last if ``uid`` and not asked for), joined into pieces
-    of about ``CHUNK`` octets.  Message files are read only for BODY[]; a message whose file is
-    gone by then is left out; one larger than ``CHUNK`` is read and written in pieces."""
-    kinds = [(item.type, _label(item) if item.type == "body" else b"") for item in query]
-    if uid and not any(kind == "uid" for kind, _ in kinds):
-        kinds.append(("uid", b""))
-    needs_file = any(kind == "body" for kind, _ in kinds)
+def _whole(folder, folder_path: str, info) -> bytes:
+    data = read_as_listed(folder_path, info)
+    if data is None:
+        with folder.open_message(info.uid) as fp:
+            data = fp.read()
+    return data
+
+
+def _header(folder, folder_path: str, info) -> bytes:
+    """The message's header block (with the empty line that ends it)."""
+    path = os.path.join(folder_path, info.subdir, info.filename)
+    try:
+        fp = open(path, "rb", buffering=0)
+        if os.fstat(fp.fileno()).st_size != info.size:  # not as listed (bare LF): ask the store
+            fp.close()
+            raise OSError("not as listed")
+    except OSError:
+        fp = folder.open_message(info.uid)
+    with fp:
+        data = fp.read(_HEADER_READ)
+        while not _ends_header(data):
+            chunk = fp.read(_HEADER_READ)
+            if not chunk:
+                break
+            data += chunk
+    return header_block(data)
+
+
+def _ends_header(data: bytes) -> bool:
+    return data.startswith((b"\r\n", b"\n")) or b"\n\r\n" in data or b"\n\n" in data
+
+
+class _Message:
+    """One message's content as a batch's items need it, read and parsed once."""
+
+    def __init__(self, folder, folder_path: str, info, reads: int) -> None:
+        self.data = self.header = None
+        if reads == WHOLE:
+            self.data = _whole(folder, folder_path, info)
+        elif reads == HEADER:
+            self.header = _header(folder, folder_path, info)
+        self._parsed = None
+
+    @property
+    def parsed(self):
+        if self._parsed is None:
+            self._parsed = parse_message(self.data if self.data is not None else self.header)
+        return self._parsed
+
+    def envelope(self) -> list:
+        if self.data is None:
+            return envelope_of_header(self.header)
+        return self.parsed.envelope()
+
+    def section(self, section: c.Section) -> bytes:
+        if section.part == () and section.text is None:
+            return self.data
+        return self.parsed.section(section)
+
+
+def _items(plan: Plan, info, flags: bytes, message: _Message | None) -> list:
+    """The FETCH items of one message, in order: bytes, or (head, literal octets)."""
+    items: list = []
+    for attribute in plan.attributes:
+        name, section = attribute.name, attribute.section
+        if name == "UID":
+            items.append(b"UID %d" % info.uid)
+        elif name == "FLAGS":
+            items.append(flags)
+        elif name == "RFC822.SIZE":
+            items.append(b"RFC822.SIZE %d" % info.size)
+        elif name == "INTERNALDATE":
+            items.append(b"INTERNALDATE " + internal_date(info.internal_date))
+        elif name == "ENVELOPE":
+            items.append(b"ENVELOPE " + r.encode(message.envelope()))
+        elif name in ("BODYSTRUCTURE", "BODY") and section is None:
+            extended = name == "BODYSTRUCTURE"
+            items.append(name.encode() + b" " + r.encode(message.parsed.body_structure(extended)))
+        elif name == "BODY":
+            data = _window(message.section(section), attribute.partial)
+            items.append(r.literal_item(section_label(name, section, attribute.partial), data))
+        elif name == "BINARY":
+            data = _window(message.parsed.binary(section.part), attribute.partial)
+            label = section_label(name, c.Section(section.part), attribute.partial)
+            items.append(r.literal_item(label, data, binary=True))
+        elif name == "BINARY.SIZE":
+            size = message.parsed.binary_size(section.part)
+            label = section_label(name, c.Section(section.part), None)
+            items.append(label + b" %d" % size)
+        elif name == "RFC822":
+            items.append(r.literal_item(b"RFC822", message.data))
+        elif name == "RFC822.HEADER":
+            header = message.section(c.Section((), "HEADER"))
+            items.append(r.literal_item(b"RFC822.HEADER", header))
+        elif name == "RFC822.TEXT":
+            items.append(r.literal_item(b"RFC822.TEXT", message.section(c.Section((), "TEXT"))))
+    return items
+
+
+def serialise(folder, rows: list, plan: Plan) -> tuple[bytes, list]:
+    """The ``* n FETCH`` lines of ``rows`` (``(seq, IMessageInfo, \\Recent here)``), after
+    setting \\Seen if the plan says so; and the new IMessageInfos of the messages whose flags
+    this changed.  Blocking: runs in a worker thread."""
     folder_path = str(folder.path)
+    changed = []
+    pieces: list[bytes] = []
     flag_items: dict[tuple, bytes] = {}
-    out: list[bytes] = []
-    size = 0
+    recent_files = []
     for seq, info, recent in rows:
-        body = fp = None
-        if needs_file:
-            body = read_as_listed(folder_path, info) if info.size <= CHUNK else None
-            if body is None:
-                try:
-                    fp = folder.open_message(info.uid)
-                except NoSuchMessage:
-                    continue
-                if fp.seek(0, io.SEEK_END) <= CHUNK:
-                    fp.seek(0)
-                    body = fp.read()
-                    fp.close()
-                    fp = None
         try:
-            line = [b"* %d FETCH (" % seq]
-            for kind, label in kinds:
-                if len(line) > 1:
-                    line.append(b" ")
-                if kind == "uid":
-                    line.append(b"UID %d" % info.uid)
-                elif kind == "flags":
-                    key = (info.flags, recent)
-                    item = flag_items.get(key)
-                    if item is None:
-                        item = flag_items[key] = _flags_item(*key)
-                    line.append(item)
-                elif kind == "rfc822size":
-                    line.append(b"RFC822.SIZE %d" % info.size)
-                elif kind == "internaldate":
-                    line.append(b"INTERNALDATE " + internal_date(info.internal_date))
-                elif body is not None:
-                    line.append(label + b" {%d}\r\n" % len(body))
-                    line.append(body)
-                else:
-                    length = fp.seek(0, io.SEEK_END)
-                    fp.seek(0)
-                    line.append(label + b" {%d}\r\n" % length)
-                    out.extend(line)
-                    yield b"".join(out)
-                    out, size, line = [], 0, []
-                    yield from _read_pieces(fp, length)
-        finally:
-            if fp is not None:
-                fp.close()
-        line.append(b")\r\n")
-        out.extend(line)
-        size += sum(map(len, line)) if needs_file else 64
-        if size >= CHUNK:
-            yield b"".join(out)
-            out, size = [], 0
-    if out:
-        yield b"".join(out)
+            if plan.sets_seen and SEEN not in info.flags:
+                current = folder.get(info.uid)
+                if SEEN not in current.flags:
+                    current = folder.set_flags(info.uid, current.flags | {SEEN})
+                    changed.append(current)
+                info = current
+            message = None
+            if plan.reads != NOTHING:
+                message = _Message(folder, folder_path, info, plan.reads)
+        except NoSuchMessage:
+            continue
+        if info.recent:
+            recent_files.append(info.uid)
+        key = (info.flags, recent)
+        flags = flag_items.get(key)
+        if flags is None:
+            names = sorted(info.flags) + ([RECENT] if recent else [])
+            flags = flag_items[key] = b"FLAGS " + r.flag_list(names)
+        pieces.extend(r.fetch_response_parts(seq, _items(plan, info, flags, message)))
+    if recent_files:
+        folder.mark_seen_by_client(recent_files)
+    return b"".join(pieces), changed
 
 
-def _read_pieces(fp, length: int) -> Iterator[bytes]:
-    remaining = length
-    while remaining > 0:
-        data = fp.read(min(CHUNK, remaining))
-        if not data:
-            raise OSError("message file ended early")
-        remaining -= len(data)
-        yield data
+def batches(rows: list, plan: Plan) -> list[list]:
+    """``rows`` cut into batches: at most BATCH_MESSAGES each, about CHUNK octets of data."""
+    out: list[list] = []
+    batch: list = []
+    size = 0
+    for row in rows:
+        batch.append(row)
+        size += row[1].size if plan.reads == WHOLE else 2048 if plan.reads == HEADER else 64
+        if size >= CHUNK or len(batch) >= BATCH_MESSAGES:
+            out.append(batch)
+            batch, size = [], 0
+    if batch:
+        out.append(batch)
+    return out
 
 
-def _file_size(fp) -> int:
-    position = fp.tell()
-    size = fp.seek(0, io.SEEK_END)
-    fp.seek(position)
-    return size
+@implementer(IPushProducer)
+class Drain:
+    """Registered on a transport while a FETCH writes: tells when what was written has gone
+    (the transport pauses it when its buffer is full and resumes it once it has drained)."""
+
+    def __init__(self, transport) -> None:
+        self._transport = transport
+        self._paused = False
+        self._stopped = False
+        self._waiting: Deferred | None = None
+        transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full."""
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """The transport has drained."""
+        self._paused = False
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def stopProducing(self) -> None:
+        """The connection went away."""
+        self._stopped = True
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(ConnectionDone("connection lost while sending FETCH responses"))
+
+    def drained(self) -> Deferred:
+        """Fires once the transport can take more."""
+        if self._stopped:
+            raise ConnectionDone("connection lost while sending FETCH responses")
+        if not self._paused:
+            return succeed(None)
+        self._waiting = Deferred()
+        return self._waiting
+
+    def close(self) -> None:
+        """The FETCH is done writing."""
+        if not self._stopped:
+            self._transport.unregisterProducer()
 
 
-def _window(size: int, part) -> tuple[int, int]:
-    """(start, length) of the octets a possibly partial body section asks for."""
-    if part.partialBegin is None:
-        return 0, size
-    start = min(part.partialBegin, size)
-    return start, max(0, min(part.partialLength, size - start))
-
-
-def _label(part) -> bytes:
-    """The response's name for a body section: BODY[...] and, if partial, <start>."""
-    section = part.getBytes()
-    if part.partialBegin is not None:
-        section = section[: section.rindex(b"<")] + b"<%d>" % part.partialBegin
-    return section
-
-
-class FetchCommands:
-    """FETCH and UID FETCH for an ``IMAP4Server`` subclass with a SessionMailbox selected."""
-
-    def do_FETCH(self, tag, messages, query, uid=0):
-        """Resolve and load the messages in a thread, then stream the responses in order."""
-        if self._out_of_range(tag, messages, uid):
-            return
-        plan = FetchPlan.of(query)
-        if plan.sets_seen and not plan.has_flags and self.mbox.isWriteable():
-            query = [*query, imap4._FetchParser.Flags()]
-        if fast_items(query):
-            # Nothing to parse beforehand: the responses are built as they are written.
-            d = self.mbox.fetch_rows(messages, uid, plan)
-            spew = self._spew_fast
-        else:
-            d = self.mbox.fetch_for(messages, uid, plan)
-            spew = self._spew_all
-        d.addCallbacks(spew, self._fetch_failed, (tag, query, uid), None, (tag,))
-
-    select_FETCH = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
-
-    def arg_fetchatt(self, line):
-        """fetch-att, with Twisted's parser errors turned into BAD (not "server error")."""
-        try:
-            return imap4.IMAP4Server.arg_fetchatt(self, line)
-        except imap4.IllegalClientResponse:
-            raise
-        except Exception as e:
-            raise imap4.IllegalClientResponse(f"Invalid fetch attribute: {e}") from None
-
-    def _fetch_failed(self, failure, tag):
-        _log.failure("FETCH could not load messages", failure)
-        self.sendNegativeResponse(tag, b"[SERVERBUG] FETCH failed")
-
-    def _spew_all(self, results, tag, query, uid):
-        pending = iter(results)
-
-        def next_message(_=None):
-            for seq, msg in pending:
-                d = self.spewMessage(seq, msg, query, uid)
-                d.addCallback(next_message).addErrback(self._spew_failed)
-                return
-            self.sendPositiveResponse(tag, b"FETCH completed")
-
-        next_message()
-
-    def _spew_fast(self, rows, tag, query, uid):
-        pieces = fetch_responses(rows, query, uid, self.mbox.folder)
-        producer = ResponseProducer(pieces)
-        d = producer.beginProducing(self.transport)
-        d.addCallback(lambda _: self.sendPositiveResponse(tag, b"FETCH completed"))
-        d.addErrback(self._spew_failed)
-
-    def _spew_failed(self, failure):
-        # Part of a response is already on the wire: the only safe way out is to hang up.
-        _log.failure("FETCH response failed part-way", failure)
-        self.transport.loseConnection()
-
-    def _send_bytes(self, label: bytes, data: bytes, part, _w) -> None:
-        start, length = _window(len(data), part)
-        _w(label + b" " + imap4._literal(data[start : start + length]))
-
-    def _send_file(self, label: bytes, fp, offset: int, part, _w, _f) -> Deferred:
-        start, length = _window(_file_size(fp) - offset, part)
-        _w(label + b" ")
-        _f()
-        return LiteralProducer(fp, offset + start, length).beginProducing(self.transport)
-
-    def spew_body(self, part, id, msg, _w=None, _f=None):
-        """BODY[section]<partial> from the stored bytes; BODY alone is the structure."""
-        target = msg
-        try:
-            for number in part.part:
-                if target.isMultipart():
-                    target = target.getSubPart(number)
-                elif number > 0:
-                    raise IndexError(number)
-        except (IndexError, TypeError):
-            _w(_label(part) + b" NIL")
-            return None
-        label = _label(part)
-        if part.header:
-            header = target.header_block()
-            if part.header.fields:
-                header = select_fields(header, part.header.fields, part.header.negate)
-            return self._send_bytes(label, header, part, _w)
-        if part.mime:
-            return self._send_bytes(label, target.header_block(), part, _w)
-        if part.text or (part.empty and part.part):
-            if target is msg:
-                fp = msg.open()
-                return self._send_file(label, fp, len(msg.header_block()), part, _w, _f)
-            return self._send_file(label, target.getBodyFile(), 0, part, _w, _f)
-        if part.empty:
-            return self._send_file(label, msg.open(), 0, part, _w, _f)
-        _w(b"BODY " + imap4.collapseNestedLists([msg.body_structure(False)]))
-        return None
-
-    def spew_bodystructure(self, id, msg, _w=None, _f=None):
-        """BODYSTRUCTURE, computed when the message was loaded."""
-        _w(b"BODYSTRUCTURE " + imap4.collapseNestedLists([msg.body_structure(True)]))
-
-    def spew_rfc822header(self, id, msg, _w=None, _f=None):
-        """RFC822.HEADER: the stored header block."""
-        _w(b"RFC822.HEADER " + imap4._literal(msg.header_block()))
-
-    def spew_rfc822text(self, id, msg, _w=None, _f=None):
-        """RFC822.TEXT: the body, streamed."""
-        offset = len(msg.header_block())
-        return self._send_file(b"RFC822.TEXT", msg.open(), offset, _WHOLE, _w, _f)
-
-    def spew_rfc822(self, id, msg, _w=None, _f=None):
-        """RFC822: the whole message, streamed."""
-        return self._send_file(b"RFC822", msg.open(), 0, _WHOLE, _w, _f)
-
-
-class _Whole:
-    partialBegin = None
-
-
-_WHOLE = _Whole()
+async def fetch(session, command: c.Fetch) -> Reply:
+    """FETCH / UID FETCH: the items of every message of the set, in batches (module doc)."""
+    if command.changed_since is not None or command.vanished:
+        return bad(b"CHANGEDSINCE needs CONDSTORE, which is not supported")
+    if any(a.name == "MODSEQ" for a in command.attributes):
+        return bad(b"MODSEQ needs CONDSTORE, which is not supported")
+    refused = checked_set(session, command.messages, command.uid)
+    if refused is not None:
+        return refused
+    mailbox = session.mailbox
+    plan = Plan.of(command.attributes, mailbox.writeable, command.uid)
+    view, folder = mailbox.view, mailbox.folder
+    work = batches(list(view.rows(view.resolve(command.messages, command.uid))), plan)
+    if not work:
+        return ok(b"FETCH completed")
+    drain = Drain(session.transport)
+    pending: Deferred | None = deferToThread(serialise, folder, work[0], plan)
+    try:
+        for index in range(len(work)):
+            data, changed = await pending
+            pending = None
+            if index + 1 < len(work):
+                pending = deferToThread(serialise, folder, work[index + 1], plan)
+            view.apply_flags(changed)
+            session.send(data)
+            await drain.drained()
+    except UnknownTransferEncoding:
+        return no(b"[UNKNOWN-CTE] A part has a transfer encoding that cannot be decoded")
+    finally:
+        drain.close()
+        if pending is not None:
+            pending.addErrback(lambda failure: None)
+    return ok(b"FETCH completed")

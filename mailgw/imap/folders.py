@@ -1,167 +1,152 @@
-"""Folder commands for ``IMAP4Server`` that wait for the store: CREATE, DELETE, RENAME, STATUS,
-APPEND (with APPENDUID, RFC 4315), NOOP and CHECK.
+"""The commands of the authenticated state: SELECT/EXAMINE, CREATE, DELETE, RENAME, (UN)SUBSCRIBE,
+LIST, LSUB, NAMESPACE, STATUS and APPEND (MULTIAPPEND, RFC 3502; APPENDUID, RFC 4315).
 
-A mixin.  Twisted's versions call the account synchronously (CREATE/DELETE/RENAME would block the
-reactor on the disk and report success before it happened), open a whole mailbox for STATUS and
-APPEND, and announce EXISTS for the APPEND target even when another mailbox is selected.  These
-replacements call the account's Deferred-returning methods and answer when the store is done.
+Every one answers when the store is done (its calls run in threads); a folder that does not
+exist is ``NO [NONEXISTENT]`` (``[TRYCREATE]`` for APPEND), a store failure ``[SERVERBUG]`` or
+``[UNAVAILABLE]``, logged (``mailgw.imap.errors``).
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import maybeDeferred
-from twisted.logger import Logger
-from twisted.mail import imap4
+from twisted.python.failure import Failure
 
-from mailgw.imap.account import NoSuchMailbox, StoreFailed, folder_name
-from mailgw.imap.parsing import parse_date_time
-
-_log = Logger()
-
-_Server = imap4.IMAP4Server
+from mailgw.imap.account import DELIMITER, folder_name
+from mailgw.imap.reply import Reply, bad, failed, no, ok
+from mailgw.imap.wire import commands as c
+from mailgw.imap.wire import mutf7
+from mailgw.imap.wire import responses as r
 
 #: STATUS items mailgw answers.
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 
 
-def quote(value: bytes) -> bytes:
-    """An IMAP quoted string."""
-    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+async def select(session, command: c.Select) -> Reply:
+    """SELECT or EXAMINE: the mailbox's counts, flags, UIDVALIDITY, UIDNEXT and UNSEEN."""
+    name = b"EXAMINE" if command.readonly else b"SELECT"
+    if command.condstore or command.qresync is not None:
+        return bad(b"CONDSTORE and QRESYNC are not supported")
+    session.deselect()
+    try:
+        mailbox = await session.account.select(command.mailbox, not command.readonly)
+    except Exception:
+        return failed(Failure(), name)
+    if mailbox is None:
+        return no(b"[NONEXISTENT] No such mailbox")
+    view = mailbox.view
+    flags = mailbox.flags()
+    permanent = [*flags, "\\*"] if mailbox.writeable else []
+    lines = [
+        r.untagged(view.count, r.Atom(b"EXISTS")),
+        r.untagged(view.recent_count, r.Atom(b"RECENT")),
+        r.untagged(r.Atom(b"FLAGS"), r.flag_list(flags)),
+        r.status_line(None, b"OK", b"[PERMANENTFLAGS " + r.flag_list(permanent) + b"] Limited"),
+    ]
+    if view.first_unseen is not None:
+        lines.append(r.status_line(None, b"OK", b"[UNSEEN %d] First unseen" % view.first_unseen))
+    validity = mailbox.folder.uid_validity
+    lines.append(r.status_line(None, b"OK", b"[UIDVALIDITY %d] UIDs valid" % validity))
+    lines.append(r.status_line(None, b"OK", b"[UIDNEXT %d] Predicted next UID" % mailbox.uid_next))
+    session.send(b"".join(lines))
+    session.select(mailbox)
+    mode = b"[READ-WRITE] " if mailbox.writeable else b"[READ-ONLY] "
+    return ok(mode + name + b" completed")
 
 
-def _mailbox_name(raw: bytes) -> str:
-    return imap4._parseMbox(raw)
+async def _answer(work, done: bytes, command: bytes, missing: bytes = b"[NONEXISTENT]") -> Reply:
+    try:
+        await work()
+    except Exception:
+        return failed(Failure(), command, missing)
+    return ok(done)
 
 
-def store_failed(error: StoreFailed, command: bytes) -> bytes:
-    """Log the store's failure (with the user and folder) and return the text of the NO reply:
-    ``[UNAVAILABLE]`` (try again) or ``[SERVERBUG]`` (RFC 5530)."""
-    _log.failure(
-        "IMAP {command} for {user}, folder {folder!r}: the store failed",
-        error.cause,
-        command=command.decode("ascii", "replace"),
-        user=error.user,
-        folder=error.folder,
+async def create(session, command: c.Create) -> Reply:
+    """CREATE a folder."""
+    return await _answer(lambda: session.account.create(command.mailbox), b"CREATE done", b"CREATE")
+
+
+async def delete(session, command: c.Delete) -> Reply:
+    """DELETE a folder (never INBOX)."""
+    if folder_name(command.mailbox) == "INBOX":
+        return no(b"INBOX cannot be deleted")
+    return await _answer(lambda: session.account.delete(command.mailbox), b"DELETE done", b"DELETE")
+
+
+async def rename(session, command: c.Rename) -> Reply:
+    """RENAME a folder; RENAME INBOX moves its messages to the new folder."""
+    if folder_name(command.new) == "INBOX":
+        return no(b"[ALREADYEXISTS] INBOX always exists")
+    work = lambda: session.account.rename(command.old, command.new)  # noqa: E731
+    return await _answer(work, b"RENAME done", b"RENAME")
+
+
+async def subscribe(session, command: c.Subscribe) -> Reply:
+    """SUBSCRIBE: kept in the user's subscriptions file."""
+    work = lambda: session.account.subscribe(command.mailbox)  # noqa: E731
+    return await _answer(work, b"SUBSCRIBE completed", b"SUBSCRIBE")
+
+
+async def unsubscribe(session, command: c.Unsubscribe) -> Reply:
+    """UNSUBSCRIBE (NO [NONEXISTENT] if the name was not subscribed)."""
+    work = lambda: session.account.unsubscribe(command.mailbox)  # noqa: E731
+    return await _answer(work, b"UNSUBSCRIBE completed", b"UNSUBSCRIBE")
+
+
+async def _listing(session, kind: bytes, reference: str, pattern: str, subscribed: bool) -> Reply:
+    if not pattern and not subscribed:
+        session.send(r.untagged(r.Atom(kind), r.flag_list(["\\Noselect"]), DELIMITER, ""))
+        return ok(kind + b" completed")
+    try:
+        found = await session.account.list_folders(reference, pattern, subscribed)
+    except Exception:
+        return failed(Failure(), kind)
+    session.send(
+        b"".join(
+            r.untagged(r.Atom(kind), r.flag_list(flags), DELIMITER, mutf7.encode(name))
+            for name, flags in found
+        )
     )
-    if error.temporary:
-        return error.code + b" " + command + b" failed: mailbox busy, try again later"
-    return error.code + b" " + command + b" failed: internal error"
+    return ok(kind + b" completed")
 
 
-class FolderCommands:
-    """The folder and housekeeping commands of an ``IMAP4Server`` subclass."""
+async def list_(session, command: c.List) -> Reply:
+    """LIST (the RFC 3501 form; a LIST-EXTENDED one is BAD)."""
+    if command.extended or len(command.patterns) != 1:
+        return bad(b"LIST-EXTENDED is not supported")
+    return await _listing(session, b"LIST", command.reference, command.patterns[0], False)
 
-    def _answer(self, tag, d, done, missing: bytes = b"[NONEXISTENT]", command=b"") -> None:
-        """Answer OK ``done`` (bytes, or a function of the result) or NO when ``d`` fires.
 
-        NO ``missing`` for a folder that does not exist, ``[SERVERBUG]`` or ``[UNAVAILABLE]``
-        (logged, naming ``command``) when the store failed."""
+async def lsub(session, command: c.Lsub) -> Reply:
+    """LSUB: the subscribed names (those without a folder are \\Noselect)."""
+    return await _listing(session, b"LSUB", command.reference, command.pattern, True)
 
-        def failed(failure):
-            if failure.check(NoSuchMailbox):
-                self.sendNegativeResponse(tag, missing + b" No such mailbox")
-            elif failure.check(StoreFailed):
-                self.sendNegativeResponse(tag, store_failed(failure.value, command))
-            elif failure.check(imap4.MailboxException):
-                self.sendNegativeResponse(tag, str(failure.value).encode("ascii", "replace"))
-            else:
-                _log.failure("folder command failed", failure)
-                self.sendNegativeResponse(tag, b"[SERVERBUG] Internal error")
 
-        def succeeded(result):
-            self.sendPositiveResponse(tag, done(result) if callable(done) else done)
+async def namespace(session, command: c.Namespace) -> Reply:
+    """NAMESPACE (RFC 2342): one personal namespace, no shared ones."""
+    session.send(r.untagged(r.Atom(b"NAMESPACE"), [["", DELIMITER]], None, None))
+    return ok(b"NAMESPACE completed")
 
-        d.addCallbacks(succeeded, failed)
 
-    def do_CREATE(self, tag, name):
-        """CREATE a folder."""
-        d = maybeDeferred(self.account.create, _mailbox_name(name))
-        self._answer(tag, d, b"CREATE done", command=b"CREATE")
+async def status(session, command: c.Status) -> Reply:
+    """STATUS of a folder, read without selecting it."""
+    if not command.items or not set(command.items) <= set(STATUS_ITEMS):
+        return bad(b"Unknown STATUS item")
+    try:
+        values = await session.account.status(command.mailbox, command.items)
+    except Exception:
+        return failed(Failure(), b"STATUS")
+    pairs = [value for item, number in values.items() for value in (r.Atom(item.encode()), number)]
+    session.send(r.untagged(r.Atom(b"STATUS"), mutf7.encode(command.mailbox), pairs))
+    return ok(b"STATUS completed")
 
-    auth_CREATE = (do_CREATE, _Server.arg_finalastring)
-    select_CREATE = auth_CREATE
 
-    def do_DELETE(self, tag, name):
-        """DELETE a folder (never INBOX)."""
-        name = _mailbox_name(name)
-        if folder_name(name) == "INBOX":
-            self.sendNegativeResponse(tag, b"INBOX cannot be deleted")
-            return
-        d = maybeDeferred(self.account.delete, name)
-        self._answer(tag, d, b"DELETE done", command=b"DELETE")
-
-    auth_DELETE = (do_DELETE, _Server.arg_finalastring)
-    select_DELETE = auth_DELETE
-
-    def do_RENAME(self, tag, oldname, newname):
-        """RENAME a folder; RENAME INBOX moves its messages to the new folder."""
-        old, new = _mailbox_name(oldname), _mailbox_name(newname)
-        if folder_name(new) == "INBOX":
-            self.sendNegativeResponse(tag, b"[ALREADYEXISTS] INBOX always exists")
-            return
-        d = maybeDeferred(self.account.rename, old, new)
-        self._answer(tag, d, b"RENAME done", command=b"RENAME")
-
-    auth_RENAME = (do_RENAME, _Server.arg_astring, _Server.arg_finalastring)
-    select_RENAME = auth_RENAME
-
-    def do_STATUS(self, tag, mailbox, names):
-        """STATUS of a folder, read without selecting it."""
-        items = [n.decode("ascii", "replace").upper() for n in names if isinstance(n, bytes)]
-        if not items or len(items) != len(names) or not set(items) <= set(STATUS_ITEMS):
-            self.sendBadResponse(tag, b"Unknown STATUS item")
-            return
-        name = _mailbox_name(mailbox)
-
-        def report(status):
-            line = b" ".join(b"%s %d" % (k.encode("ascii"), v) for k, v in status.items())
-            encoded = quote(name.encode("imap4-utf-7"))
-            self.sendUntaggedResponse(b"STATUS " + encoded + b" (" + line + b")")
-
-        d = self.account.status(name, items).addCallback(report)
-        self._answer(tag, d, b"STATUS completed", command=b"STATUS")
-
-    auth_STATUS = (do_STATUS, _Server.arg_astring, _Server.arg_plist)
-    select_STATUS = auth_STATUS
-
-    def do_APPEND(self, tag, mailbox, flags, date, message):
-        """APPEND a message to a folder; the selected one reports EXISTS through its view."""
-        name = _mailbox_name(mailbox)
-        try:
-            when = parse_date_time(date) if date is not None else None
-        except ValueError:
-            self.sendBadResponse(tag, b"Invalid date-time")
-            return
-        flag_names = [f.decode("ascii", "replace") for f in flags or () if isinstance(f, bytes)]
-        d = self.account.append(name, message, flag_names, when)
-
-        def done(result):
-            validity, uid = result
-            return b"[APPENDUID %d %d] APPEND completed" % (validity, uid)
-
-        self._answer(tag, d, done, missing=b"[TRYCREATE]", command=b"APPEND")
-
-    auth_APPEND = (
-        do_APPEND,
-        _Server.arg_astring,
-        _Server.opt_plist,
-        _Server.opt_datetime,
-        _Server.arg_literal,
-    )
-    select_APPEND = auth_APPEND
-
-    def do_NOOP(self, tag):
-        """NOOP; with a mailbox selected, look for changes first (reported before the OK)."""
-        if self.mbox is None:
-            self.sendPositiveResponse(tag, b"NOOP completed")
-            return
-        self._answer(tag, self.mbox.refresh(), b"NOOP completed", command=b"NOOP")
-
-    unauth_NOOP = (do_NOOP,)
-    auth_NOOP = unauth_NOOP
-    select_NOOP = unauth_NOOP
-    logout_NOOP = unauth_NOOP
-
-    def checkpoint(self):
-        """CHECK: rescan the selected folder (the store is always durable)."""
-        return self.mbox.refresh()
+async def append(session, command: c.Append) -> Reply:
+    """APPEND one or more messages (MULTIAPPEND) to a folder, answering APPENDUID; the selected
+    mailbox reports EXISTS through its view."""
+    if not command.messages:
+        return bad(b"APPEND needs a message")
+    try:
+        validity, uids = await session.account.append(command.mailbox, command.messages)
+    except Exception:
+        return failed(Failure(), b"APPEND", missing=b"[TRYCREATE]")
+    return ok(b"[APPENDUID %d %s] APPEND completed" % (validity, r.sequence_set(uids)))

@@ -1,31 +1,31 @@
-"""A selected folder as Twisted's ``IMailbox``, over the store's ``IFolder``.
+"""A selected folder: one session's ``FolderView`` over the store's ``IFolder``.
 
-Replaces Twisted's in-memory mailbox examples with an adapter that keeps a per-session
-``FolderView`` and does every blocking store call (scan, set_flags, expunge, reading message
-headers) with ``deferToThread``; ``IMAP4Server`` accepts Deferreds from fetch, store, expunge,
-requestStatus and close.  Changes made by other sessions arrive through the store's listener
-(on the reactor thread), are kept pending in the view, and are handed to the session (the
-``ISessionListener``) when it asks with ``sync()`` at a moment RFC 3501 allows.
+Every blocking store call (scan, set_flags, expunge, copy) runs with ``deferToThread``; store
+failures come back as ``StoreFailed`` (``errors.in_thread``).  Changes made by other sessions
+arrive through the store's listener (on the reactor thread), are kept pending in the view, and
+are handed to the session when it asks with ``sync()`` at a moment RFC 3501 7.4.1 allows; the
+session is told that there is something to ask for through its ``changes_pending()``.
 """
 
 from __future__ import annotations
 
-import email.utils
 import weakref
 from functools import partial
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.mail import imap4
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
-from mailgw.imap.message import StoredMessage
-from mailgw.imap.parsing import PERMANENT_FLAGS, FetchPlan, storable_flags
-from mailgw.imap.view import SEEN, FolderView, Snapshot
-from mailgw.store.interfaces import IFolderListener, NoSuchMessage, StoreError
+from mailgw.imap.errors import ReadOnly, in_thread
+from mailgw.imap.parsing import PERMANENT_FLAGS, storable_flags
+from mailgw.imap.view import FolderView, Snapshot, Updates
+from mailgw.imap.wire.commands import SequenceSet
+from mailgw.store.interfaces import IFolderListener, NoSuchMessage
 
 DELETED = "\\Deleted"
+#: Every message of a mailbox, as a sequence set.
+EVERYTHING = SequenceSet(((1, None),))
 
 _log = Logger()
 
@@ -95,13 +95,10 @@ def folder_snapshot(folder, infos: tuple | None = None) -> Snapshot:
     return snapshot
 
 
-class ISessionListener(imap4.IMailboxListener):
-    """A session showing a selected mailbox: told of expunges and of pending changes."""
+class ISessionListener(Interface):
+    """A session showing a selected mailbox."""
 
-    def messagesExpunged(sequence_numbers: list) -> None:
-        """Announce these EXPUNGEs, in this order (each number valid when sent)."""
-
-    def changesPending() -> None:
+    def changes_pending() -> None:
         """The folder changed elsewhere; call ``sync()`` at the next moment that allows it."""
 
 
@@ -114,26 +111,25 @@ class _FolderWatch:
 
     def messages_added(self, folder_id, infos) -> None:
         """New messages: pending EXISTS."""
-        self._mailbox._view.note_added(infos)
-        self._mailbox._notify()
+        self._mailbox.view.note_added(infos)
+        self._mailbox.notify()
 
     def flags_changed(self, folder_id, infos) -> None:
         """Flags changed: pending FETCH."""
-        self._mailbox._view.note_flags(infos)
-        self._mailbox._notify()
+        self._mailbox.view.note_flags(infos)
+        self._mailbox.notify()
 
     def messages_expunged(self, folder_id, uids) -> None:
         """Messages removed: pending EXPUNGE."""
-        self._mailbox._view.note_expunged(uids)
-        self._mailbox._notify()
+        self._mailbox.view.note_expunged(uids)
+        self._mailbox.notify()
 
 
-@implementer(imap4.IMailbox, imap4.ICloseableMailbox)
 class SessionMailbox:
     """One session's selection of one folder.
 
     ``watched`` is the account's set of mailboxes whose folder is being watched; this mailbox
-    is in it from its first listener until close(), so logout can stop every watch."""
+    is in it from ``watch()`` until ``close()``, so logout can stop every watch."""
 
     def __init__(self, store, folder, snapshot: Snapshot, writeable: bool, watched: set) -> None:
         """Select ``folder``, as ``snapshot`` (``folder_snapshot``) lists it."""
@@ -147,181 +143,92 @@ class SessionMailbox:
         else:
             recent = RECENT_CLAIMS.unclaimed(folder, recent)
             claim = None
-        self._view = FolderView(snapshot, recent, claim)
-        self._writeable = writeable
-        self._listeners: list = []
+        #: What the client knows of the folder.
+        self.view = FolderView(snapshot, recent, claim)
+        #: Selected with SELECT (True) or EXAMINE (False).
+        self.writeable = writeable
+        self._listener = None
         self._watch: _FolderWatch | None = None
 
-    # -- IMailboxInfo / IMailbox read side ------------------------------------------------
+    # -- what SELECT and STATUS report ----------------------------------------------------
 
-    def getFlags(self) -> list:
+    def flags(self) -> list[str]:
         """The flags messages here carry or can carry: system flags and keywords in use."""
-        return list(PERMANENT_FLAGS) + sorted(self._view.keywords())
+        return list(PERMANENT_FLAGS) + sorted(self.view.keywords())
 
-    def getHierarchicalDelimiter(self) -> str:
-        """'.' (Maildir++)."""
-        return "."
-
-    def getUIDValidity(self) -> int:
-        """UIDVALIDITY."""
-        return self.folder.uid_validity
-
-    def getUIDNext(self) -> int:
+    @property
+    def uid_next(self) -> int:
         """The UID the next message will get, as far as this session knows."""
-        return max(self.folder.uid_next, self._view.last_uid + 1)
+        return max(self.folder.uid_next, self.view.last_uid + 1)
 
-    def getUID(self, message: int) -> int:
-        """The UID at sequence number ``message``."""
-        return self._view.uid(message)
+    def status(self, items) -> dict[str, int]:
+        """STATUS items (MESSAGES, RECENT, UIDNEXT, UIDVALIDITY, UNSEEN), in the order asked."""
+        values = {
+            "MESSAGES": lambda: self.view.count,
+            "RECENT": lambda: self.view.recent_count,
+            "UIDNEXT": lambda: self.uid_next,
+            "UIDVALIDITY": lambda: self.folder.uid_validity,
+            "UNSEEN": lambda: self.view.unseen_count,
+        }
+        return {item: values[item]() for item in items}
 
-    def getMessageCount(self) -> int:
-        """Messages in this session's view."""
-        return self._view.count
+    # -- listening and pending changes ----------------------------------------------------
 
-    def getRecentCount(self) -> int:
-        """Messages \\Recent in this session."""
-        return self._view.recent_count
-
-    def getUnseenCount(self) -> int:
-        """Messages without \\Seen."""
-        return self._view.unseen_count
-
-    def firstUnseen(self) -> int | None:
-        """The sequence number of the first message without \\Seen (SELECT's [UNSEEN n])."""
-        return self._view.first_unseen
-
-    def isWriteable(self) -> bool:
-        """Selected with SELECT (True) or EXAMINE (False)."""
-        return self._writeable
-
-    def destroy(self) -> None:
-        """Folders are deleted through the account; nothing to release here."""
-
-    def requestStatus(self, names) -> dict:
-        """STATUS items from the view taken at select time."""
-        return imap4.statusRequestHelper(self, names)
-
-    # -- listeners and pending changes ----------------------------------------------------
-
-    def addListener(self, listener) -> None:
+    def watch(self, listener) -> None:
         """Start telling ``listener`` (an ISessionListener) of changes; watch the folder."""
-        self._listeners.append(listener)
+        self._listener = listener
         if self._watch is None:
             self._watch = _FolderWatch(self)
             self._store.add_listener(self.folder.address, self.folder.name, self._watch)
             self._watched.add(self)
 
-    def removeListener(self, listener) -> None:
-        """Stop telling ``listener``; stop watching the folder when no one listens."""
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-        if not self._listeners and self._watch is not None:
+    def close(self) -> None:
+        """The session leaves the folder: stop watching it."""
+        self._listener = None
+        if self._watch is not None:
             self._store.remove_listener(self.folder.address, self.folder.name, self._watch)
             self._watch = None
             self._watched.discard(self)
 
-    def close(self) -> None:
-        """The session leaves the folder."""
-        for listener in list(self._listeners):
-            self.removeListener(listener)
-
-    def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener.changesPending()
+    def notify(self) -> None:
+        """Tell the listener that changes are pending."""
+        if self._listener is not None:
+            self._listener.changes_pending()
 
     def refresh(self) -> Deferred:
         """Rescan the folder (in a thread) and note whatever changed, even by other programs."""
-        return deferToThread(folder_snapshot, self.folder).addCallback(self._view.reconcile)
+        return self._in_thread(folder_snapshot, self.folder).addCallback(self.view.reconcile)
 
-    def sync(self, allow_expunge: bool) -> None:
-        """Tell the listeners of pending changes (EXPUNGEs only if ``allow_expunge``)."""
-        if not self._view.has_pending:
-            return
-        updates = self._view.take_updates(allow_expunge)
-        for listener in list(self._listeners):
-            if updates.expunged:
-                listener.messagesExpunged(updates.expunged)
-            if updates.flags:
-                listener.flagsChanged(updates.flags)
-            if updates.exists is not None:
-                listener.newMessages(updates.exists, updates.recent)
+    def sync(self, allow_expunge: bool) -> Updates | None:
+        """The pending changes to tell the client of (EXPUNGEs only if ``allow_expunge``), now
+        applied to the view; None if there are none."""
+        if not self.view.has_pending:
+            return None
+        return self.view.take_updates(allow_expunge)
 
     # -- commands -------------------------------------------------------------------------
 
-    def fetch(self, messages, uid: bool) -> Deferred:
-        """``[(seq, IMessage)]`` for the messages that still exist (no content loaded)."""
-        return self.fetch_for(messages, uid, FetchPlan(False, False, False, True))
+    def _in_thread(self, call, *args) -> Deferred:
+        return in_thread(self.folder.address, self.folder.name, call, *args)
 
-    def fetch_rows(self, messages, uid: bool, plan: FetchPlan) -> Deferred:
-        """For FETCH's one-pass writer: fires with an iterator of ``(seq, IMessageInfo,
-        \\Recent here)``, once \\Seen is set (if ``plan`` says so) and \\Recent ones are marked."""
-        if plan.sets_seen and self._writeable:
-            d = self.fetch_for(messages, uid, plan)
-            return d.addCallback(
-                lambda loaded: self._view.rows([(s, m.getUID()) for s, m in loaded])
-            )
-        pairs = self._view.resolve(messages, uid)
-        rows = self._view.rows(pairs)
-        recent = [info.uid for _, info, _ in self._view.rows(pairs) if info.recent]
-        if not recent:
-            return succeed(rows)
-        return deferToThread(self.folder.mark_seen_by_client, recent).addCallback(lambda _: rows)
+    def _check_writeable(self) -> None:
+        if not self.writeable:
+            raise ReadOnly()
 
-    def fetch_for(self, messages, uid: bool, plan: FetchPlan) -> Deferred:
-        """Like fetch(), loading what ``plan`` needs and setting \\Seen if it says so."""
-        view = self._view
-        targets = [(seq, view.info(u)) for seq, u in view.resolve(messages, uid)]
-        set_seen = plan.sets_seen and self._writeable
-        folder = self.folder
+    def out_of_range(self, messages: SequenceSet) -> bool:
+        """Does a sequence set (not UIDs) go beyond the last message?"""
+        return self.view.out_of_range(messages)
 
-        def work():
-            recent = [info.uid for _, info in targets if info.recent]
-            if recent:
-                folder.mark_seen_by_client(recent)
-            seen_infos = []
-            loaded = []
-            for seq, info in targets:
-                try:
-                    if set_seen and SEEN not in info.flags:
-                        current = folder.get(info.uid)
-                        if SEEN not in current.flags:
-                            seen_infos.append(folder.set_flags(info.uid, current.flags | {SEEN}))
-                    loaded.append((seq, info.uid))
-                except NoSuchMessage:
-                    continue
-            return seen_infos, loaded
+    def resolve(self, messages: SequenceSet, uid: bool) -> list:
+        """``[(seq, uid)]`` for a sequence or UID set."""
+        return self.view.resolve(messages, uid)
 
-        def built(result):
-            seen_infos, loaded = result
-            self._view.apply_flags(seen_infos)
-            return [
-                (seq, StoredMessage(folder, self._view.info(u), self._view.flags(u)))
-                for seq, u in loaded
-            ]
-
-        def load(messages_list):
-            def work_load():
-                present = []
-                for seq, message in messages_list:
-                    try:
-                        message.load(plan.needs_headers, plan.needs_structure)
-                    except NoSuchMessage:
-                        continue
-                    present.append((seq, message))
-                return present
-
-            if plan.needs_headers or plan.needs_structure:
-                return deferToThread(work_load)
-            return messages_list
-
-        return deferToThread(work).addCallback(built).addCallback(load)
-
-    def store(self, messages, flags, mode: int, uid: bool) -> Deferred:
-        """Add (mode 1), remove (-1) or replace (0) system flags; return {seq: flags}."""
-        if not self._writeable:
-            raise imap4.ReadOnlyMailbox()
+    def store(self, messages: SequenceSet, flags, mode: str, uid: bool) -> Deferred:
+        """Add (mode ``add``), remove (``remove``) or replace (``set``) flags; fires with
+        ``{seq: flags to report}`` of the messages named that still exist."""
+        self._check_writeable()
         wanted = storable_flags(flags)
-        targets = self._view.resolve(messages, uid)
+        targets = self.view.resolve(messages, uid)
         folder = self.folder
 
         def work():
@@ -329,9 +236,9 @@ class SessionMailbox:
             for _, target in targets:
                 try:
                     current = folder.get(target).flags
-                    if mode > 0:
+                    if mode == "add":
                         new = current | wanted
-                    elif mode < 0:
+                    elif mode == "remove":
                         new = current - wanted
                     else:
                         new = wanted
@@ -339,27 +246,13 @@ class SessionMailbox:
                         changed.append(folder.set_flags(target, new))
                 except NoSuchMessage:
                     continue
-                except StoreError as error:
-                    raise imap4.MailboxException(str(error)) from None
             return changed
 
         def done(changed):
-            self._view.apply_flags(changed)
-            return {seq: self._view.flags(u) for seq, u in targets if self._view.seq(u)}
+            self.view.apply_flags(changed)
+            return {seq: self.view.flags(u) for seq, u in targets if self.view.seq(u)}
 
-        return deferToThread(work).addCallback(done)
-
-    def candidates(self) -> list:
-        """Snapshots of the messages the session knows, for SEARCH (reactor thread)."""
-        return self._view.candidates()
-
-    def out_of_range(self, messages) -> bool:
-        """Does a sequence set (not UIDs) go beyond the last message?"""
-        return self._view.out_of_range(messages)
-
-    def resolve(self, messages, uid: bool) -> list:
-        """``[(seq, uid)]`` for a sequence or UID set."""
-        return self._view.resolve(messages, uid)
+        return self._in_thread(work).addCallback(done)
 
     def copy_to(self, uids: list, target) -> Deferred:
         """Copy these messages (flags and internal date kept) into the folder ``target``.
@@ -379,19 +272,19 @@ class SessionMailbox:
                 copied.append((uid, target.append(data, info.flags, info.internal_date)))
             return copied
 
-        return deferToThread(work)
+        return self._in_thread(work)
 
     def expunge(self, uids=None, deleted_only: bool = True) -> Deferred:
         """Remove the messages flagged \\Deleted (only those of ``uids``, if given: UID EXPUNGE;
-        all of ``uids`` if not ``deleted_only``: MOVE); return the sequence numbers for EXPUNGE."""
-        if not self._writeable:
-            raise imap4.ReadOnlyMailbox()
-        targets = self._view.resolve(imap4.MessageSet(1, None), False)
+        all of ``uids`` if not ``deleted_only``: MOVE); fires with the sequence numbers to
+        announce with EXPUNGE."""
+        self._check_writeable()
+        targets = self.view.resolve(EVERYTHING, False)
         if uids is not None:
             wanted = set(uids)
             targets = [(seq, u) for seq, u in targets if u in wanted]
         candidates = [
-            u for _, u in targets if not deleted_only or DELETED in self._view.info(u).flags
+            u for _, u in targets if not deleted_only or DELETED in self.view.info(u).flags
         ]
         folder = self.folder
 
@@ -405,19 +298,4 @@ class SessionMailbox:
                     continue
             return folder.expunge(confirmed) if confirmed else []
 
-        return deferToThread(work).addCallback(self._view.remove)
-
-    def addMessage(self, message, flags, date=None) -> Deferred:
-        """Append the message read from the file ``message`` (used by COPY); return its UID.
-
-        ``date`` is an RFC 2822 date, a POSIX timestamp or None (now)."""
-        if isinstance(date, (bytes, str)):
-            text = date.decode("ascii", "replace") if isinstance(date, bytes) else date
-            date = email.utils.parsedate_to_datetime(text).timestamp()
-        return deferToThread(append_file, self.folder, message, flags, date)
-
-
-def append_file(folder, message, flags, internal_date: float | None) -> int:
-    """Store the message read from the binary file ``message`` (blocking); return its UID."""
-    data = message.read()
-    return folder.append(data, storable_flags(flags), internal_date)
+        return self._in_thread(work).addCallback(self.view.remove)

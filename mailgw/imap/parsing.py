@@ -1,16 +1,11 @@
-"""Small pure helpers for the IMAP session: dates, flags and what a FETCH will need.
-
-Twisted's ``IMAP4Server`` parses the command lines (``_FetchParser``, ``parseIdList``); this module
-adds the interpretation mailgw needs on top, with no I/O: which fetch items set ``\\Seen`` or need
-the message parsed, the INTERNALDATE forms, and the flags the store can keep.
+"""Small pure helpers for the IMAP engine: the ``date-time`` of APPEND and the flags the store
+can keep.
 """
 
 from __future__ import annotations
 
 import calendar
-import email.utils
 import re
-from dataclasses import dataclass
 
 from mailgw.store.interfaces import SYSTEM_FLAGS
 
@@ -55,11 +50,6 @@ def storable_flags(flags) -> frozenset:
     return frozenset(kept)
 
 
-def internal_date_header(timestamp: float) -> str:
-    """Format a POSIX timestamp as the RFC 2822 date IMessage.getInternalDate promises."""
-    return email.utils.formatdate(timestamp, localtime=False, usegmt=False)
-
-
 def parse_date_time(raw: bytes) -> float:
     """Parse an IMAP ``date-time`` (``17-Jul-1996 02:44:25 -0700``) to a POSIX timestamp.
 
@@ -76,39 +66,3 @@ def parse_date_time(raw: bytes) -> float:
         raise ValueError("date-time out of range")
     offset = (int(zh) * 60 + int(zm)) * 60 * (1 if sign == b"+" else -1)
     return float(calendar.timegm(fields + (0, 0, 0)) - offset)
-
-
-@dataclass(frozen=True)
-class FetchPlan:
-    """What a FETCH command's items require of the messages before the reply starts."""
-
-    #: Some item reads content without .PEEK (BODY[...], RFC822, RFC822.TEXT): set \\Seen.
-    sets_seen: bool
-    #: Some item needs the header block parsed (ENVELOPE, headers, MIME structure).
-    needs_headers: bool
-    #: Some item needs the whole MIME structure (BODYSTRUCTURE, BODY, sub-parts).
-    needs_structure: bool
-    #: The items include FLAGS already.
-    has_flags: bool
-
-    @classmethod
-    def of(cls, query: list) -> FetchPlan:
-        """Build the plan from ``_FetchParser`` results."""
-        sets_seen = needs_headers = needs_structure = has_flags = False
-        for item in query:
-            kind = item.type
-            if kind == "flags":
-                has_flags = True
-            elif kind in ("rfc822", "rfc822text"):
-                sets_seen = needs_headers = True
-            elif kind in ("envelope", "rfc822header"):
-                needs_headers = True
-            elif kind == "bodystructure":
-                needs_headers = needs_structure = True
-            elif kind == "body":
-                needs_headers = True
-                if not item.peek and (item.header or item.text or item.mime or item.empty):
-                    sets_seen = True
-                if item.part or not (item.header or item.text or item.mime or item.empty):
-                    needs_structure = True
-        return cls(sets_seen, needs_headers, needs_structure, has_flags)

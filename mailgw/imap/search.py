@@ -1,49 +1,36 @@
-"""SEARCH criteria (RFC 3501 6.4.4): parsed on the reactor, evaluated in a thread.
+"""SEARCH criteria (RFC 3501 6.4.4) evaluated in a thread.
 
-Replaces Twisted's ``IMAP4Server.search_*`` methods, which read every message's headers on the
-reactor thread one at a time.  ``parse_criteria`` turns the command's tokens into a tree of
-``Criterion`` tuples; ``Plan`` says whether the evaluation needs the header block or the whole
-message, so a search on flags, sizes, dates and numbers never opens a file; ``evaluate`` runs
-over ``Candidate`` snapshots of the session's view and is safe to run in a thread.
+The wire parser gives the criteria as a tree (``Search.criteria``: ``("AND", [...])`` of leaf
+tuples such as ``("FLAG", "\\Seen", True)``); ``Plan`` says whether the evaluation needs the
+header block or the whole message, so a search on flags, sizes, dates and numbers never opens a
+file; ``evaluate`` runs over ``Candidate`` snapshots of the session's view and is safe to run in
+a thread.
 """
 
 from __future__ import annotations
 
 import email.utils
-import re
 import time
 from dataclasses import dataclass
 from email import policy
 from email.header import decode_header, make_header
 from email.parser import BytesParser
 
-from mailgw.imap.message import read_header_block
 from mailgw.store.interfaces import NoSuchMessage, StoreError
-
-#: Flag criteria: name -> (flag, wanted present?).
-_FLAG_KEYS = {
-    "ANSWERED": ("\\Answered", True),
-    "DELETED": ("\\Deleted", True),
-    "DRAFT": ("\\Draft", True),
-    "FLAGGED": ("\\Flagged", True),
-    "SEEN": ("\\Seen", True),
-    "RECENT": ("\\Recent", True),
-    "UNANSWERED": ("\\Answered", False),
-    "UNDELETED": ("\\Deleted", False),
-    "UNDRAFT": ("\\Draft", False),
-    "UNFLAGGED": ("\\Flagged", False),
-    "UNSEEN": ("\\Seen", False),
-}
-_ADDRESS_KEYS = ("FROM", "TO", "CC", "BCC", "SUBJECT")
-_DATE_KEYS = ("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE")
-_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-_DATE = re.compile(r"^(\d{1,2})-([A-Za-z]{3})-(\d{4})$")
-_SEQUENCE = re.compile(rb"^(\d+|\*)(:(\d+|\*))?(,(\d+|\*)(:(\d+|\*))?)*$")
-_TOKEN = re.compile(rb'\s*(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|([^\s()"]+))')
 
 
 class SearchSyntaxError(ValueError):
-    """The criteria cannot be parsed (the session answers BAD)."""
+    """The criteria tree holds a criterion the evaluator does not know."""
+
+
+def read_header_block(fp) -> bytes:
+    """Read a message's header block, up to and including the empty line that ends it."""
+    chunks = []
+    for line in fp:
+        chunks.append(line)
+        if line in (b"\r\n", b"\n"):
+            break
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -55,141 +42,6 @@ class Candidate:
     flags: frozenset
     size: int
     internal_date: float
-
-
-def tokenize(line: bytes) -> list:
-    """Split criteria into atoms (bytes), quoted strings (str) and nested lists."""
-    stack: list[list] = [[]]
-    pos = 0
-    line = line.strip()
-    while pos < len(line):
-        match = _TOKEN.match(line, pos)
-        if match is None or match.end() == pos:
-            raise SearchSyntaxError("unparsable search criteria")
-        pos = match.end()
-        opening, closing, quoted, atom = match.groups()
-        if opening:
-            if len(stack) > MAX_DEPTH:
-                raise SearchSyntaxError("search criteria nested too deeply")
-            stack.append([])
-        elif closing:
-            if len(stack) == 1:
-                raise SearchSyntaxError("unbalanced parentheses")
-            inner = stack.pop()
-            stack[-1].append(inner)
-        elif quoted is not None:
-            text = re.sub(rb"\\(.)", rb"\1", quoted)
-            stack[-1].append(text.decode("utf-8", "replace"))
-        else:
-            stack[-1].append(atom)
-    if len(stack) != 1:
-        raise SearchSyntaxError("unbalanced parentheses")
-    if not stack[0]:
-        raise SearchSyntaxError("missing search criteria")
-    return stack[0]
-
-
-def _text(token) -> str:
-    if isinstance(token, str):
-        return token
-    if isinstance(token, bytes):
-        return token.decode("utf-8", "replace")
-    raise SearchSyntaxError("expected a string")
-
-
-def _date(token) -> tuple:
-    match = _DATE.match(_text(token))
-    month = match and match.group(2).lower()
-    if not match or month not in _MONTHS:
-        raise SearchSyntaxError("bad date (expected e.g. 1-Feb-2024)")
-    return (int(match.group(3)), _MONTHS.index(month) + 1, int(match.group(1)))
-
-
-def _number(token) -> int:
-    text = _text(token)
-    if not text.isdigit() or len(text) > 20:
-        raise SearchSyntaxError("expected a number")
-    return int(text)
-
-
-def _sequence(token) -> list:
-    raw = token.encode() if isinstance(token, str) else token
-    if not isinstance(raw, bytes) or not _SEQUENCE.match(raw):
-        raise SearchSyntaxError("bad sequence set")
-    ranges = []
-    for part in raw.split(b","):
-        low, _, high = part.partition(b":")
-        low_n = None if low == b"*" else int(low)
-        high_n = low_n if not high else (None if high == b"*" else int(high))
-        if 0 in (low_n, high_n):
-            raise SearchSyntaxError("0 is not a message number")
-        ranges.append((low_n, high_n))
-    return ranges
-
-
-#: Deepest nesting of parentheses, NOT and OR accepted in one SEARCH (real clients use a few).
-MAX_DEPTH = 50
-
-
-def parse_criteria(tokens: list, depth: int = 0) -> tuple:
-    """The criteria tree: ('AND', [...]) of leaves like ('FLAG', '\\\\Seen', True)."""
-    items = list(tokens)
-    result = []
-    while items:
-        result.append(_one(items, depth))
-    return ("AND", result)
-
-
-def _one(items: list, depth: int) -> tuple:
-    if depth > MAX_DEPTH:
-        raise SearchSyntaxError("search criteria nested too deeply")
-    token = items.pop(0)
-    if isinstance(token, list):
-        return parse_criteria(token, depth + 1)
-    if isinstance(token, str):
-        raise SearchSyntaxError("a search key cannot be a quoted string")
-    key = token.decode("ascii", "replace").upper()
-
-    def arg():
-        if not items:
-            raise SearchSyntaxError(f"{key} needs an argument")
-        return items.pop(0)
-
-    if key == "ALL":
-        return ("ALL",)
-    if key in _FLAG_KEYS:
-        return ("FLAG", *_FLAG_KEYS[key])
-    if key == "NEW":
-        return ("AND", [("FLAG", "\\Recent", True), ("FLAG", "\\Seen", False)])
-    if key == "OLD":
-        return ("FLAG", "\\Recent", False)
-    if key in ("KEYWORD", "UNKEYWORD"):
-        return ("KEYWORD", _text(arg()).lower(), key == "KEYWORD")
-    if key in _ADDRESS_KEYS:
-        return ("HEADER", key.lower(), _text(arg()).lower())
-    if key == "HEADER":
-        name = _text(arg()).lower()
-        return ("HEADER", name, _text(arg()).lower())
-    if key in ("BODY", "TEXT"):
-        return (key, _text(arg()).lower())
-    if key in _DATE_KEYS:
-        return ("DATE", key, _date(arg()))
-    if key in ("LARGER", "SMALLER"):
-        return ("SIZE", key == "LARGER", _number(arg()))
-    if key == "UID":
-        return ("UID", _sequence(arg()))
-    if key == "NOT":
-        return ("NOT", _one(items, depth + 1) if items else _missing(key))
-    if key == "OR":
-        first = _one(items, depth + 1) if items else _missing(key)
-        return ("OR", first, _one(items, depth + 1) if items else _missing(key))
-    if key[:1].isdigit() or key[:1] == "*":
-        return ("SEQ", _sequence(token))
-    raise SearchSyntaxError(f"unknown search key {key}")
-
-
-def _missing(key: str):
-    raise SearchSyntaxError(f"{key} needs a search key")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,9 @@
 """One session's view of its selected folder: which messages the client knows, by sequence number.
 
-Pure bookkeeping (no Twisted transport, no disk): replaces the flat message list that Twisted's
-in-memory mailboxes keep, in the manner of pymap's ``selected.py``.  Changes made elsewhere are
-noted as *pending* and only become visible (as untagged EXPUNGE / EXISTS / FETCH responses) when
-the session reaches a moment where RFC 3501 7.4.1 allows it, so sequence numbers never shift
-under the client's feet.  Everything here runs on the reactor thread.
+Pure bookkeeping (no Twisted, no disk), in the manner of pymap's ``selected.py``.  Changes made
+elsewhere are noted as *pending* and only become visible (as untagged EXPUNGE / EXISTS / FETCH
+responses) when the session reaches a moment where RFC 3501 7.4.1 allows it, so sequence numbers
+never shift under the client's feet.  Everything here runs on the reactor thread.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from twisted.mail.imap4 import MessageSet
+from mailgw.imap.wire.commands import SequenceSet
 
 SEEN = "\\Seen"
 RECENT = "\\Recent"
@@ -131,14 +130,13 @@ class FolderView:
             flags.append(RECENT)
         return tuple(flags)
 
-    def resolve(self, messages: MessageSet, by_uid: bool) -> list:
+    def resolve(self, messages: SequenceSet, by_uid: bool) -> list:
         """Return ``[(seq, uid), ...]`` for a sequence set (of UIDs if ``by_uid``), ascending.
 
         Numbers outside the view are skipped, as are messages known to be gone (by UID)."""
         if not self._uids:
             return []
-        messages.last = self._uids[-1] if by_uid else len(self._uids)
-        ranges = messages.ranges
+        ranges = messages.resolved(self._uids[-1] if by_uid else len(self._uids))
         if len(ranges) == 1:
             start, stop = self._span(*ranges[0], by_uid)
             pairs = list(zip(range(start + 1, stop + 1), self._uids[start:stop], strict=True))
@@ -202,10 +200,10 @@ class FolderView:
             if uid not in self._gone
         ]
 
-    def out_of_range(self, messages: MessageSet) -> bool:
-        """Does the sequence set name a sequence number beyond the last message?"""
+    def out_of_range(self, messages: SequenceSet) -> bool:
+        """Does the sequence set name a sequence number beyond the last message (or 0)?"""
         return any(
-            number is not None and number > len(self._uids)
+            number is not None and not 0 < number <= len(self._uids)
             for low, high in messages.ranges
             for number in (low, high)
         )

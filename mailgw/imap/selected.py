@@ -1,0 +1,174 @@
+"""The commands of the selected state but FETCH: CHECK, CLOSE, UNSELECT (RFC 3691), EXPUNGE and
+UID EXPUNGE (RFC 4315), STORE, COPY and MOVE (RFC 6851, with COPYUID), SEARCH; and IDLE (RFC 2177).
+
+Sequence numbers beyond the mailbox are ``BAD``; a UID that is not there is just absent.  The
+store calls run in threads; a read-only (EXAMINEd) mailbox answers ``NO [READ-ONLY]``.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+
+from mailgw.imap.reply import Reply, bad, failed, no, ok
+from mailgw.imap.search import Candidate, evaluate
+from mailgw.imap.wire import commands as c
+from mailgw.imap.wire import responses as r
+
+#: Charsets SEARCH accepts.
+CHARSETS = frozenset({"US-ASCII", "UTF-8"})
+OUT_OF_RANGE = b"Message sequence number out of range"
+
+
+def checked_set(session, messages: c.SequenceSet, uid: bool) -> Reply | None:
+    """The BAD a sequence set gets in the selected mailbox (``$`` or numbers beyond it), if
+    any."""
+    if messages.saved:
+        return bad(b"$ needs SEARCHRES, which is not supported")
+    if not uid and session.mailbox.out_of_range(messages):
+        return bad(OUT_OF_RANGE)
+    return None
+
+
+def _expunged(session, numbers: list) -> None:
+    session.send(b"".join(r.untagged(n, r.Atom(b"EXPUNGE")) for n in numbers))
+
+
+async def refreshed(session, command: bytes, done: bytes) -> Reply:
+    """Rescan the selected folder (changes are reported before the OK ``done``)."""
+    try:
+        await session.mailbox.refresh()
+    except Exception:
+        return failed(Failure(), command)
+    return ok(done)
+
+
+async def check(session, command: c.Check) -> Reply:
+    """CHECK: rescan the selected folder (the store is always durable)."""
+    return await refreshed(session, b"CHECK", b"CHECK completed")
+
+
+async def close(session, command: c.Close) -> Reply:
+    """CLOSE: expunge silently (if selected read-write), then leave the mailbox."""
+    mailbox = session.mailbox
+    if mailbox.writeable:
+        try:
+            await mailbox.expunge()
+        except Exception:
+            return failed(Failure(), b"CLOSE")
+    session.deselect()
+    return ok(b"CLOSE completed")
+
+
+async def unselect(session, command: c.Unselect) -> Reply:
+    """UNSELECT (RFC 3691): leave the mailbox without expunging."""
+    session.deselect()
+    return ok(b"UNSELECT completed")
+
+
+async def expunge(session, command: c.Expunge) -> Reply:
+    """EXPUNGE every message flagged \\Deleted (UID EXPUNGE: only those of the UIDs given)."""
+    mailbox = session.mailbox
+    uids = None
+    if command.uids is not None:
+        refused = checked_set(session, command.uids, True)
+        if refused is not None:
+            return refused
+        uids = [u for _, u in mailbox.resolve(command.uids, True)]
+    try:
+        numbers = await mailbox.expunge(uids)
+    except Exception:
+        return failed(Failure(), b"EXPUNGE")
+    _expunged(session, numbers)
+    return ok(b"EXPUNGE completed")
+
+
+async def store(session, command: c.Store) -> Reply:
+    """STORE [+-]FLAGS[.SILENT]; keywords are kept; NO on a read-only mailbox."""
+    if command.unchanged_since is not None:
+        return bad(b"UNCHANGEDSINCE needs CONDSTORE, which is not supported")
+    mailbox = session.mailbox
+    if not mailbox.writeable:
+        return no(b"[READ-ONLY] Mailbox is read-only")
+    refused = checked_set(session, command.messages, command.uid)
+    if refused is not None:
+        return refused
+    before = set(mailbox.flags())
+    try:
+        result = await mailbox.store(command.messages, command.flags, command.mode, command.uid)
+    except Exception:
+        return failed(Failure(), b"STORE")
+    out = []
+    after = mailbox.flags()
+    if set(after) != before:
+        out.append(r.untagged(r.Atom(b"FLAGS"), r.flag_list(after)))
+    if not command.silent:
+        for seq, flags in sorted(result.items()):
+            items = [b"FLAGS " + r.flag_list(flags)]
+            if command.uid:
+                items.append(b"UID %d" % mailbox.view.uid(seq))
+            out.append(r.fetch_response(seq, items))
+    session.send(b"".join(out))
+    return ok(b"STORE completed")
+
+
+async def copy(session, command: c.Copy) -> Reply:
+    """COPY (or MOVE) messages to another folder; answers with COPYUID (RFC 4315)."""
+    name = b"MOVE" if command.move else b"COPY"
+    refused = checked_set(session, command.messages, command.uid)
+    if refused is not None:
+        return refused
+    mailbox = session.mailbox
+    if command.move and not mailbox.writeable:
+        return no(b"[READ-ONLY] Mailbox is read-only")
+    sources = [u for _, u in mailbox.resolve(command.messages, command.uid)]
+    try:
+        target = await session.account.target(command.mailbox)
+        pairs = await mailbox.copy_to(sources, target)
+    except Exception:
+        return failed(Failure(), name, missing=b"[TRYCREATE]")
+    code = b""
+    if pairs:
+        code = b"[COPYUID %d %s %s] " % (
+            target.uid_validity,
+            r.sequence_set([s for s, _ in pairs]),
+            r.sequence_set([d for _, d in pairs]),
+        )
+    if not command.move:
+        return ok(code + b"COPY completed")
+    if code:
+        session.send(r.status_line(None, b"OK", code + b"Moved"))
+    try:
+        numbers = await mailbox.expunge([s for s, _ in pairs], deleted_only=False)
+    except Exception:
+        return failed(Failure(), name)
+    _expunged(session, numbers)
+    return ok(b"MOVE completed")
+
+
+async def search(session, command: c.Search) -> Reply:
+    """SEARCH, evaluated in a thread over snapshots of the session's view; ``* SEARCH`` even
+    when nothing matched (RFC 3501 7.2.5)."""
+    if command.returns is not None:
+        return bad(b"ESEARCH is not supported")
+    if command.charset is not None and command.charset.upper() not in CHARSETS:
+        return no(b"[BADCHARSET (US-ASCII UTF-8)] Unknown charset")
+    mailbox = session.mailbox
+    candidates = [Candidate(*row) for row in mailbox.view.candidates()]
+    try:
+        found = await deferToThread(
+            evaluate, mailbox.folder, command.criteria, candidates, command.uid
+        )
+    except Exception:
+        return failed(Failure(), b"SEARCH")
+    session.send(r.untagged(r.Atom(b" ".join([b"SEARCH", *(b"%d" % n for n in found)]))))
+    return ok(b"SEARCH completed")
+
+
+async def idle(session, command: c.Idle) -> Reply:
+    """IDLE (RFC 2177): changes are pushed at once until the client sends DONE."""
+    session.send(r.continuation(b"idling"))
+    line = await session.idle_until_done()
+    if line.strip().upper() != b"DONE":
+        return bad(b"Expected DONE")
+    return ok(b"IDLE terminated")
