@@ -15,7 +15,12 @@ from __future__ import annotations
 import re
 from functools import cached_property
 
-from mailgw.imap.mime.address import adjacent, envelope_of_fields, envelope_of_header
+from mailgw.imap.mime.address import (
+    adjacent,
+    dovecot_string,
+    envelope_of_fields,
+    envelope_of_header,
+)
 from mailgw.imap.mime.headers import (
     content_type,
     disposition,
@@ -353,11 +358,10 @@ def _structure(part: Part, extended: bool) -> list:
     if part.children is not None:
         return _multipart(part, extended)
     major, minor, params = part.content_type
-    out: list = [major, minor, _parameters(part, params)]
-    out.append(part.header(b"content-id"))
-    description = part.header(b"content-description")
-    out.append(description)
-    out.append(part.encoding() or b"7bit")
+    out: list = [_text(major), _text(minor), _parameters(part, params)]
+    out.append(_text(part.header(b"content-id")))
+    out.append(_text(part.header(b"content-description")))
+    out.append(_text(part.encoding() or b"7bit"))
     out.append(part.end - part.body_start)
     lines = part.data.count(b"\n", part.body_start, part.end)
     if part.message is not None:
@@ -367,7 +371,7 @@ def _structure(part: Part, extended: bool) -> list:
     elif major.lower() == b"text":
         out.append(lines)
     if extended:
-        out.append(part.header(b"content-md5"))
+        out.append(_text(part.header(b"content-md5")))
         out.extend(_extension(part))
     return out
 
@@ -376,12 +380,16 @@ def _multipart(part: Part, extended: bool) -> list:
     children = [_structure(child, extended) for child in part.children]
     if not children:
         children = [_EMPTY_TEXT + ([None] * 4 if extended else [])]
-    out: list = [Atom(adjacent(children)[1:-1]), part.content_type[1]]
+    out: list = [Atom(adjacent(children)[1:-1]), _text(part.content_type[1])]
     if extended:
-        params = part.content_type[2]
-        out.append(_flat(params) or None)
+        out.append(_flat(part.content_type[2]) or None)
         out.extend(_extension(part))
     return out
+
+
+def _text(value: bytes | None):
+    """A string of the structure, quoted or literal as Dovecot sends it; None stays NIL."""
+    return None if value is None else dovecot_string(value)
 
 
 def _parameters(part: Part, params: list[tuple[bytes, bytes]]) -> list | None:
@@ -392,7 +400,7 @@ def _parameters(part: Part, params: list[tuple[bytes, bytes]]) -> list | None:
 
 
 def _flat(params: list[tuple[bytes, bytes]]) -> list:
-    return [item for pair in params for item in pair]
+    return [dovecot_string(item) for pair in params for item in pair]
 
 
 def _extension(part: Part) -> list:
@@ -402,8 +410,7 @@ def _extension(part: Part) -> list:
         shown = None
     else:
         kind, params = disposition(value)
-        shown = [kind, _flat(params) or None]
+        shown = [_text(kind), _flat(params) or None]
     value = part.header(b"content-language")
-    languages = language_tags(value) if value is not None else []
-    location = part.header(b"content-location")
-    return [shown, languages or None, location]
+    languages = [_text(tag) for tag in language_tags(value)] if value is not None else []
+    return [shown, languages or None, _text(part.header(b"content-location"))]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from mailgw.imap.mime.headers import field_value, split_fields
-from mailgw.imap.wire.responses import Atom, encode, literal, string
+from mailgw.imap.wire.responses import MAX_QUOTED, Atom, encode, literal, string
 
 #: What an address lacks is filled in with these (Dovecot's placeholders).
 MISSING_MAILBOX = b"MISSING_MAILBOX"
@@ -40,13 +40,15 @@ _LEXEME = re.compile(
     rb'|(?P<comment>\()|(?P<special>[<>@,;:.])|(?P<atom>[^ \t\r\n"\[\]()<>@,;:.\\]+)|(?P<other>.)',
     re.S,
 )
+_PLAIN_TEXT = re.compile(rb'[^"\\\r\n\x00\x80-\xff]*')
+_LITERAL_TEXT = re.compile(rb"[\r\n\x00\x80-\xff]")
 _SPECIALS_HUMAN = re.compile(rb'["\\\x80-\xff\x00\t\r\n]|  |^ | $')
 
 
 def humane(text: bytes) -> bytes | Atom:
     """``text`` as Dovecot writes text meant for people (subject, display names)."""
     if not _SPECIALS_HUMAN.search(text):
-        return text
+        return dovecot_string(text)
     cleaned = text.replace(b"\r", b"").replace(b"\n", b"").replace(b"\x00", b"\x80")
     cleaned = b" ".join(cleaned.replace(b"\t", b" ").split(b" "))
     cleaned = re.sub(rb" +", b" ", cleaned).strip(b" ")
@@ -71,14 +73,22 @@ def _address_list(found: list) -> Atom:
 def _nstring(value: bytes | None) -> bytes:
     if value is None:
         return b"NIL"
+    if not isinstance(value, Atom):
+        value = dovecot_string(value)
     return value if isinstance(value, Atom) else string(value)
 
 
 def dovecot_string(text: bytes) -> bytes | Atom:
-    """``text`` with Dovecot's choice of literal: CR, LF, 8-bit, or more than 4 quoted-specials."""
-    if text.count(b'"') + text.count(b"\\") > 4 and not re.search(rb"[\r\n\x80-\xff]", text):
+    """``text`` as Dovecot writes a string: as a literal when it has CR, LF, NUL, 8-bit
+    octets or more than 4 quotes and backslashes, else quoted, however long (``encode`` alone
+    would send a long one as a literal)."""
+    if _PLAIN_TEXT.fullmatch(text):
+        return text if len(text) <= MAX_QUOTED else Atom(b'"' + text + b'"')
+    if _LITERAL_TEXT.search(text) or text.count(b'"') + text.count(b"\\") > 4:
         return Atom(literal(text))
-    return text
+    if len(text) <= MAX_QUOTED:
+        return text
+    return Atom(b'"' + text.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"')
 
 
 def envelope_of_header(header_block: bytes) -> list:
