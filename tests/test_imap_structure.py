@@ -399,7 +399,15 @@ def test_pathological_messages_finish_quickly():
     unbalanced = (
         b'Content-Type: text/plain; name="' + b"(" * 50_000 + b"\r\nFrom: " + b'"(' * 50_000
     )
-    for data in (deep, rfc822, parts, huge_header, unbalanced):
+    deep_over_big = (
+        b"".join(
+            b"Content-Type: multipart/mixed; boundary=n%03d\r\n\r\n--n%03d\r\n" % (n, n)
+            for n in range(99)
+        )
+        + b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + (b"QUJD" * 19 + b"\r\n") * 30_000
+    )
+    for data in (deep, rfc822, parts, huge_header, unbalanced, deep_over_big):
         started = time.monotonic()
         exercise(data)
         assert time.monotonic() - started < 5, data[:60]

@@ -141,13 +141,15 @@ class _Parser:
         self.data = data
         self.count = 0
 
-    def boundary(self, pos: int, stack: list[bytes]) -> tuple[int, int, int, bool] | None:
-        """The next boundary line of ``stack`` from ``pos``: (line start, next line start,
-        index in stack, closing?)."""
+    def boundary(
+        self, pos: int, stack: list[bytes], before: int | None = None
+    ) -> tuple[int, int, int, bool] | None:
+        """The next boundary line of ``stack`` from ``pos`` (starting before ``before``):
+        (line start, next line start, index in stack, closing?)."""
         if not stack:
             return None
         data = self.data
-        for found in _DASHES_AT_LINE_START.finditer(data, pos):
+        for found in _DASHES_AT_LINE_START.finditer(data, pos, before or len(data)):
             at = found.end()
             for index in range(len(stack) - 1, -1, -1):
                 if data.startswith(stack[index], at):
@@ -174,9 +176,9 @@ class _Parser:
         """Parse the entity at ``start``; return it and the boundary that ended it."""
         self.count += 1
         data = self.data
-        limit = self.boundary(start, stack) if stack else None
-        fields_end, body_start = header_end(data, start, limit[0] if limit else len(data))
-        if limit is not None and limit[0] <= fields_end:
+        fields_end, body_start = header_end(data, start)
+        limit = self.boundary(start, stack, fields_end) if fields_end > start else None
+        if limit is not None:  # a boundary inside the header ends the part there
             end = self.content_end(start, limit)
             part = Part(data, start, end, end, digest)
             part.end = end
@@ -201,9 +203,9 @@ class _Parser:
         """Parse a multipart's parts (none without a boundary parameter)."""
         part.children = []
         boundary = parameter(part.content_type[2], b"boundary")
-        inner = [*stack, b"" if not boundary else boundary]
+        inner = [*stack, boundary] if boundary else stack
         own = len(stack)
-        stop = self.boundary(part.body_start, inner if boundary else stack)
+        stop = self.boundary(part.body_start, inner)
         digest = part.kind() == b"multipart/digest"
         floor = part.body_start
         child = None
