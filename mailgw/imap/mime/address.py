@@ -42,6 +42,7 @@ _LEXEME = re.compile(
 )
 _PLAIN_TEXT = re.compile(rb'[^"\\\r\n\x00\x80-\xff]*')
 _LITERAL_TEXT = re.compile(rb"[\r\n\x00\x80-\xff]")
+_BLANKS = re.compile(rb"[ \t]+")
 _SPECIALS_HUMAN = re.compile(rb'["\\\x80-\xff\x00\t\r\n]|  |^ | $')
 
 
@@ -50,8 +51,7 @@ def humane(text: bytes) -> bytes | Atom:
     if not _SPECIALS_HUMAN.search(text):
         return dovecot_string(text)
     cleaned = text.replace(b"\r", b"").replace(b"\n", b"").replace(b"\x00", b"\x80")
-    cleaned = b" ".join(cleaned.replace(b"\t", b" ").split(b" "))
-    cleaned = re.sub(rb" +", b" ", cleaned).strip(b" ")
+    cleaned = _BLANKS.sub(b" ", cleaned).strip(b" ")
     if not cleaned:
         return b""
     return Atom(literal(cleaned))

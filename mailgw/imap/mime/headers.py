@@ -12,7 +12,8 @@ import re
 #: The empty line ending a header block: CRLF CRLF, or the bare-LF variants.
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 #: A MIME token (RFC 2045): anything printable but SPACE, CTLs and tspecials.
-_TOKEN = re.compile(rb'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+')
+_TOKEN_CLASS = rb'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+'
+_TOKEN = re.compile(_TOKEN_CLASS)
 _SPACE = re.compile(rb"[ \t\r\n]*")
 #: A line and its LF (a lone CR is no line ending), or a last line without one.
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+")
@@ -190,7 +191,6 @@ def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]
     return kind, subtype, parameters(reader)
 
 
-_TOKEN_CLASS = rb'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+'
 _SIMPLE_CONTENT_TYPE = re.compile(rb"[ \t]*(%s)/(%s)[ \t]*" % (_TOKEN_CLASS, _TOKEN_CLASS))
 #: A plain parameter: no RFC 2231 star in the name, no escapes or comments.
 _SIMPLE_PARAMETER = re.compile(
