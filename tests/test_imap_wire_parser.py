@@ -407,132 +407,47 @@ def test_star_and_reversed_ranges_kept_as_written():
 
 #: Criteria and the trees the former ``mailgw.imap.search.parse_criteria`` gave for them: the
 #: evaluator in ``mailgw.imap.search`` reads exactly these.
+# fmt: off
 SEARCHES = [
     (b"ALL", ("AND", [("ALL",)])),
-    (
-        b"SEEN UNSEEN ANSWERED UNANSWERED DELETED UNDELETED DRAFT UNDRAFT FLAGGED UNFLAGGED",
-        (
-            "AND",
-            [
-                ("FLAG", "\\Seen", True),
-                ("FLAG", "\\Seen", False),
-                ("FLAG", "\\Answered", True),
-                ("FLAG", "\\Answered", False),
-                ("FLAG", "\\Deleted", True),
-                ("FLAG", "\\Deleted", False),
-                ("FLAG", "\\Draft", True),
-                ("FLAG", "\\Draft", False),
-                ("FLAG", "\\Flagged", True),
-                ("FLAG", "\\Flagged", False),
-            ],
-        ),
-    ),
-    (
-        b"NEW OLD RECENT",
-        (
-            "AND",
-            [
-                ("AND", [("FLAG", "\\Recent", True), ("FLAG", "\\Seen", False)]),
-                ("FLAG", "\\Recent", False),
-                ("FLAG", "\\Recent", True),
-            ],
-        ),
-    ),
-    (
-        b"KEYWORD $Work UNKEYWORD Junk",
-        ("AND", [("KEYWORD", "$work", True), ("KEYWORD", "junk", False)]),
-    ),
-    (
-        b'FROM alice TO "Bob Smith" CC x BCC y SUBJECT "Re: Hi"',
-        (
-            "AND",
-            [
-                ("HEADER", "from", "alice"),
-                ("HEADER", "to", "bob smith"),
-                ("HEADER", "cc", "x"),
-                ("HEADER", "bcc", "y"),
-                ("HEADER", "subject", "re: hi"),
-            ],
-        ),
-    ),
-    (
-        b'HEADER X-Spam "YES" HEADER List-Id ""',
-        ("AND", [("HEADER", "x-spam", "yes"), ("HEADER", "list-id", "")]),
-    ),
+    (b"SEEN UNSEEN ANSWERED UNANSWERED DELETED UNDELETED DRAFT UNDRAFT FLAGGED UNFLAGGED", ("AND", [
+        ("FLAG", "\\Seen", True), ("FLAG", "\\Seen", False), ("FLAG", "\\Answered", True),
+        ("FLAG", "\\Answered", False), ("FLAG", "\\Deleted", True), ("FLAG", "\\Deleted", False),
+        ("FLAG", "\\Draft", True), ("FLAG", "\\Draft", False), ("FLAG", "\\Flagged", True),
+        ("FLAG", "\\Flagged", False)])),
+    (b"NEW OLD RECENT", ("AND", [
+        ("AND", [("FLAG", "\\Recent", True), ("FLAG", "\\Seen", False)]),
+        ("FLAG", "\\Recent", False), ("FLAG", "\\Recent", True)])),
+    (b"KEYWORD $Work UNKEYWORD Junk", ("AND", [
+        ("KEYWORD", "$work", True), ("KEYWORD", "junk", False)])),
+    (b'FROM alice TO "Bob Smith" CC x BCC y SUBJECT "Re: Hi"', ("AND", [
+        ("HEADER", "from", "alice"), ("HEADER", "to", "bob smith"), ("HEADER", "cc", "x"),
+        ("HEADER", "bcc", "y"), ("HEADER", "subject", "re: hi")])),
+    (b'HEADER X-Spam "YES" HEADER List-Id ""', ("AND", [
+        ("HEADER", "x-spam", "yes"), ("HEADER", "list-id", "")])),
     (b"BODY hello TEXT World", ("AND", [("BODY", "hello"), ("TEXT", "world")])),
-    (
-        b'BEFORE 1-Feb-2024 ON "15-mar-2023" SINCE 01-Jan-2000',
-        (
-            "AND",
-            [
-                ("DATE", "BEFORE", (2024, 2, 1)),
-                ("DATE", "ON", (2023, 3, 15)),
-                ("DATE", "SINCE", (2000, 1, 1)),
-            ],
-        ),
-    ),
-    (
-        b"SENTBEFORE 1-Feb-2024 SENTON 2-Feb-2024 SENTSINCE 3-Feb-2024",
-        (
-            "AND",
-            [
-                ("DATE", "SENTBEFORE", (2024, 2, 1)),
-                ("DATE", "SENTON", (2024, 2, 2)),
-                ("DATE", "SENTSINCE", (2024, 2, 3)),
-            ],
-        ),
-    ),
+    (b'BEFORE 1-Feb-2024 ON "15-mar-2023" SINCE 01-Jan-2000', ("AND", [
+        ("DATE", "BEFORE", (2024, 2, 1)), ("DATE", "ON", (2023, 3, 15)),
+        ("DATE", "SINCE", (2000, 1, 1))])),
+    (b"SENTBEFORE 1-Feb-2024 SENTON 2-Feb-2024 SENTSINCE 3-Feb-2024", ("AND", [
+        ("DATE", "SENTBEFORE", (2024, 2, 1)), ("DATE", "SENTON", (2024, 2, 2)),
+        ("DATE", "SENTSINCE", (2024, 2, 3))])),
     (b"LARGER 100 SMALLER 5000", ("AND", [("SIZE", True, 100), ("SIZE", False, 5000)])),
-    (
-        b"UID 1:5,7,9:* 2,4:*",
-        ("AND", [("UID", [(1, 5), (7, 7), (9, None)]), ("SEQ", [(2, 2), (4, None)])]),
-    ),
-    (
-        b"NOT SEEN OR FLAGGED DELETED",
-        (
-            "AND",
-            [
-                ("NOT", ("FLAG", "\\Seen", True)),
-                ("OR", ("FLAG", "\\Flagged", True), ("FLAG", "\\Deleted", True)),
-            ],
-        ),
-    ),
-    (
-        b"(SEEN (FLAGGED OR ANSWERED DRAFT)) NOT (1:3)",
-        (
-            "AND",
-            [
-                (
-                    "AND",
-                    [
-                        ("FLAG", "\\Seen", True),
-                        (
-                            "AND",
-                            [
-                                ("FLAG", "\\Flagged", True),
-                                ("OR", ("FLAG", "\\Answered", True), ("FLAG", "\\Draft", True)),
-                            ],
-                        ),
-                    ],
-                ),
-                ("NOT", ("AND", [("SEQ", [(1, 3)])])),
-            ],
-        ),
-    ),
-    (
-        b"OR (FROM a SUBJECT b) NOT NOT ALL",
-        (
-            "AND",
-            [
-                (
-                    "OR",
-                    ("AND", [("HEADER", "from", "a"), ("HEADER", "subject", "b")]),
-                    ("NOT", ("NOT", ("ALL",))),
-                )
-            ],
-        ),
-    ),
+    (b"UID 1:5,7,9:* 2,4:*", ("AND", [
+        ("UID", [(1, 5), (7, 7), (9, None)]), ("SEQ", [(2, 2), (4, None)])])),
+    (b"NOT SEEN OR FLAGGED DELETED", ("AND", [
+        ("NOT", ("FLAG", "\\Seen", True)),
+        ("OR", ("FLAG", "\\Flagged", True), ("FLAG", "\\Deleted", True))])),
+    (b"(SEEN (FLAGGED OR ANSWERED DRAFT)) NOT (1:3)", ("AND", [
+        ("AND", [("FLAG", "\\Seen", True), ("AND", [
+            ("FLAG", "\\Flagged", True),
+            ("OR", ("FLAG", "\\Answered", True), ("FLAG", "\\Draft", True))])]),
+        ("NOT", ("AND", [("SEQ", [(1, 3)])]))])),
+    (b"OR (FROM a SUBJECT b) NOT NOT ALL", ("AND", [
+        ("OR", ("AND", [("HEADER", "from", "a"), ("HEADER", "subject", "b")]),
+         ("NOT", ("NOT", ("ALL",))))])),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("criteria, expected", SEARCHES)
