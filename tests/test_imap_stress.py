@@ -13,6 +13,11 @@ older one than shown before, and to the owner exactly the last.  At the end a fr
 mailbox must hold every message not \\Deleted with its bytes and flags, and every client's view
 after a NOOP must equal it.
 
+Two faults of today's server are counted, not failed, and printed: \\Recent of one message shown
+to several read-write sessions (``STRICT_RECENT``; test_recent_goes_to_one_session_only is its
+xfail), and a session that never learns of a message APPENDed while it SELECTed
+(``STRICT_SKIPPED``).  Set them True once fixed.
+
 ``MAILGW_STRESS_SECONDS`` shortens the run (default 60); ``MAILGW_STRESS_SEED`` replays a
 workload (the seed is printed; thread interleaving is not replayed).  Run with ``-s`` to see the
 counters and latencies.
@@ -294,8 +299,8 @@ class StressClient:
                 ]
             )
         asked = " ".join(items).replace("BODY[", "BODY.PEEK[")
-        self.run("FETCH", f"FETCH {wanted} ({asked})".encode())
-        self.check_answered([self.view.uids[n - 1] for n in sequence], items)
+        tagged, _ = self.run("FETCH", f"FETCH {wanted} ({asked})".encode(), allowed=("OK", "NO"))
+        self.check_answered([self.view.uids[n - 1] for n in sequence], items, tagged)
 
     def op_uid_fetch(self) -> None:
         """UID FETCH of known UIDs (and one that does not exist): each answered, with its UID."""
@@ -306,14 +311,18 @@ class StressClient:
         items = self.rng.choice([("FLAGS",), ("FLAGS", "RFC822.SIZE", "BODY[]")])
         asked = " ".join(items).replace("BODY[", "BODY.PEEK[")
         wanted = ",".join(map(str, sorted(uids) + [4000000000]))
-        self.run("UID FETCH", f"UID FETCH {wanted} ({asked})".encode())
-        self.check_answered(uids, ("UID", *items))
+        command = f"UID FETCH {wanted} ({asked})".encode()
+        tagged, _ = self.run("UID FETCH", command, allowed=("OK", "NO"))
+        self.check_answered(uids, ("UID", *items), tagged)
 
-    def check_answered(self, uids: list, items: tuple) -> None:
-        """Each message of ``uids`` (None: not known) not \\Deleted got all of ``items``."""
+    def check_answered(self, uids: list, items: tuple, tagged: Response) -> None:
+        """Each message of ``uids`` (None: not known) not \\Deleted got all of ``items``; NO
+        only if one may be expunged by another session (RFC 2180 4.1.1)."""
         names = {item.upper() for item in items}
-        for uid in uids:
-            message = uid and self.registry.lookup(self.view.folder, uid)
+        messages = [uid and self.registry.lookup(self.view.folder, uid) for uid in uids]
+        if tagged.name == "NO" and all(m and not m.deleted for m in messages):
+            raise ProtocolError(f"FETCH of {uids}, none \\Deleted, answered {tagged.raw!r}")
+        for uid, message in zip(uids, messages, strict=True):
             if message and not message.deleted and uid in self.view.uids:
                 missing = names - set(self.view.fetched.get(uid, {}))
                 if missing:
