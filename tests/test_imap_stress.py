@@ -31,6 +31,7 @@ import re
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 
 import bcrypt
@@ -199,7 +200,15 @@ class StressClient:
         while self.conn.ready():
             self.handle(self.receive(), None)
 
-    def run(self, kind: str, command: bytes, allowed=("OK",), literal=None, sync=False, hook=None):
+    def run(
+        self,
+        kind: str,
+        command: bytes,
+        allowed: tuple = ("OK",),
+        literal: bytes | None = None,
+        sync: bool = False,
+        hook: Callable[[Response], None] | None = None,
+    ) -> tuple[Response, list[Response]]:
         """Send ``command`` (its literal as ``{n+}`` or, with ``sync``, ``{n}``), check every
         response until the tagged one, whose status must be in ``allowed``; ``hook`` sees each
         untagged response after the view took it.  Return (tagged, untagged list)."""
@@ -497,7 +506,7 @@ class StressClient:
             self.guarded(self.rng.choices(operations, weights)[0])
             self.operations += 1
 
-    def guarded(self, step) -> None:
+    def guarded(self, step: Callable[[], object]) -> None:
         """Run ``step`` unless this client failed; a failure is recorded with the transcript."""
         if self.failed:
             return
