@@ -15,6 +15,8 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 _TOKEN_CLASS = rb'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+'
 _TOKEN = re.compile(_TOKEN_CLASS)
 _SPACE = re.compile(rb"[ \t\r\n]*")
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*\\?)"?', re.S)
+_ESCAPED = re.compile(rb"\\(.)", re.S)
 #: A line and its LF (a lone CR is no line ending), or a last line without one.
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+")
 
@@ -139,23 +141,12 @@ class ValueReader:
         return found.group()
 
     def quoted(self) -> bytes:
-        """The quoted string at the cursor (after its opening quote), unescaped; an unclosed
+        """The quoted string at the cursor (at its opening quote), unescaped; an unclosed
         string runs to the end of the value."""
-        value = self.value
-        out = bytearray()
-        pos = self.pos + 1
-        while pos < len(value):
-            char = value[pos]
-            if char == 0x22:
-                pos += 1
-                break
-            if char == 0x5C and pos + 1 < len(value):
-                pos += 1
-                char = value[pos]
-            out.append(char)
-            pos += 1
-        self.pos = pos
-        return bytes(out)
+        found = _QUOTED.match(self.value, self.pos)
+        self.pos = found.end()
+        inner = found.group(1)
+        return _ESCAPED.sub(rb"\1", inner) if b"\\" in inner else inner
 
     def word(self) -> bytes | None:
         """A token or a quoted string, or None."""
