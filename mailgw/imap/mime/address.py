@@ -4,7 +4,7 @@ Values are the stored header values with the folding removed, not decoded (encod
 stay as they are).  Address lists are ready-serialised :class:`Atom` values: RFC 3501 puts
 no space between addresses, which a plain list would get from ``encode``.  Display names
 and the subject are cleaned for humans the way Dovecot does (runs of blanks become one
-space, CR/LF dropped, NUL becomes 0x80), and whenever that changes anything, or the text
+space, CR/LF dropped, NUL becomes U+FFFD), and whenever that changes anything, or the text
 has quotes or 8-bit octets, Dovecot sends it as a literal: so do we, with an Atom literal.
 """
 
@@ -43,6 +43,8 @@ _LEXEME = re.compile(
 _PLAIN_TEXT = re.compile(rb'[^"\\\r\n\x00\x80-\xff]*')
 _LITERAL_TEXT = re.compile(rb"[\r\n\x00\x80-\xff]")
 _BLANKS = re.compile(rb"[ \t]+")
+#: What a NUL in a subject or name becomes (U+FFFD in UTF-8, as Dovecot sends it).
+_REPLACEMENT = "\ufffd".encode()
 _SPECIALS_HUMAN = re.compile(rb'["\\\x80-\xff\x00\t\r\n]|  |^ | $')
 
 
@@ -50,7 +52,7 @@ def humane(text: bytes) -> bytes | Atom:
     """``text`` as Dovecot writes text meant for people (subject, display names)."""
     if not _SPECIALS_HUMAN.search(text):
         return dovecot_string(text)
-    cleaned = text.replace(b"\r", b"").replace(b"\n", b"").replace(b"\x00", b"\x80")
+    cleaned = text.replace(b"\r", b"").replace(b"\n", b"").replace(b"\x00", _REPLACEMENT)
     cleaned = _BLANKS.sub(b" ", cleaned).strip(b" ")
     if not cleaned:
         return b""

@@ -166,7 +166,7 @@ class ValueReader:
 
 def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
     """``(type, subtype, parameters)`` of a Content-Type value as written (case kept), or None
-    when it does not start with ``type/subtype``."""
+    when it does not start with a type; a missing subtype is b"" (as Dovecot reads it)."""
     simple = _SIMPLE_CONTENT_TYPE.match(value)
     if simple is not None:
         params = _simple_parameters(value, simple.end())
@@ -174,11 +174,9 @@ def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]
             return simple.group(1), simple.group(2), params
     reader = ValueReader(value)
     kind = reader.token()
-    if kind is None or not reader.take(b"/"):
+    if kind is None:
         return None
-    subtype = reader.token()
-    if subtype is None:
-        return None
+    subtype = (reader.token() if reader.take(b"/") else None) or b""
     return kind, subtype, parameters(reader)
 
 
