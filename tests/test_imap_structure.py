@@ -243,6 +243,13 @@ def test_bare_lf_message_is_served_with_crlf():
     ]
 
 
+def test_a_nul_is_sent_as_0x80_in_sections_but_kept_by_binary():
+    message = parse_message(crlf("Subject: a\x00b\n\nc\x00d\n"))
+    assert message.section(Section()) == crlf("Subject: a\x80b\n\nc\x80d\n")
+    assert message.section(Section((1,))) == b"c\x80d\r\n"
+    assert message.binary((1,)) == b"c\x00d\r\n"
+
+
 def test_rfc2231_parameters_are_joined():
     data = crlf(
         "Content-Type: application/octet-stream;\n name*0*=utf-8''%E2%82%AC;\n name*1*=%20x.txt;"

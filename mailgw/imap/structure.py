@@ -177,14 +177,21 @@ class _Parser:
         self.count += 1
         data = self.data
         fields_end, body_start = header_end(data, start)
-        limit = self.boundary(start, stack, fields_end) if fields_end > start else None
+        limit = self.boundary(start, stack, fields_end)
         if limit is not None:  # a boundary inside the header ends the part there
-            end = self.content_end(start, limit)
-            part = Part(data, start, end, end, digest)
-            part.end = end
-            return part, limit
+            fields_end = body_start = self.content_end(start, limit)
         part = Part(data, start, fields_end, body_start, digest)
         kind = part.kind()
+        if limit is None and stack and body_start > fields_end:
+            # An outer boundary right after the empty line takes it as its line ending.
+            own = (
+                parameter(part.content_type[2], b"boundary") if kind[:10] == b"multipart/" else None
+            )
+            limit = self.boundary(body_start, [*stack, own] if own else stack, body_start + 2)
+            if limit is not None and limit[2] < len(stack):
+                part.body_start = body_start = fields_end
+            else:
+                limit = None
         container = kind.startswith(b"multipart/") or kind == b"message/rfc822"
         if container and (depth + 1 >= MAX_DEPTH or self.count >= MAX_PARTS):
             # Too deep or too many: a leaf of unknown content, as Dovecot shows it.
@@ -195,7 +202,7 @@ class _Parser:
             part.message, stop = self.entity(body_start, stack, depth + 1)
             part.end = part.message.end
             return part, stop
-        stop = self.boundary(body_start, stack)
+        stop = limit or self.boundary(body_start, stack)
         part.end = self.content_end(body_start, stop)
         return part, stop
 
@@ -250,8 +257,6 @@ class ParsedMessage:
 
     def envelope(self) -> list:
         """The ENVELOPE, as nested values for ``responses.encode``."""
-        if "root" in self.__dict__:
-            return envelope_of_fields(self.root.fields)
         return envelope_of_fields(self._header_fields)
 
     def body_structure(self, extended: bool) -> list:
@@ -279,7 +284,12 @@ class ParsedMessage:
 
     def section(self, section: Section) -> bytes:
         """The octets of BODY[section] (before any <partial>); b"" for a part that does not
-        exist, and for HEADER or TEXT of a part that holds no message."""
+        exist, and for HEADER or TEXT of a part that holds no message.  A NUL, which IMAP
+        does not allow there, is sent as 0x80 (as Dovecot does); BINARY keeps it."""
+        octets = self._section(section)
+        return octets.replace(b"\x00", b"\x80") if b"\x00" in octets else octets
+
+    def _section(self, section: Section) -> bytes:
         node = self.find(section.part)
         if node is None:
             return b""
@@ -296,7 +306,8 @@ class ParsedMessage:
             return node.body
         if text == "HEADER":
             return self.data[node.start : node.body_start]
-        ended = node.body_start > node.fields_end
+        header = self.data[node.start : node.body_start]
+        ended = not header.strip(b"\r") or header.endswith(b"\n")
         return select_fields(node.fields, section.fields, text == "HEADER.FIELDS.NOT", ended)
 
     def binary(self, part: tuple[int, ...]) -> bytes:
