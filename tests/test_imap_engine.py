@@ -112,6 +112,8 @@ def test_bad_replies_give_the_parsers_reason(port):
         (b"c FETCH 0 (FLAGS)", b"0"),
         (b"d STORE 1 +FLAGS (\\Recent)", b"Recent"),
         (b"e SEARCH NOSUCHKEY", b"NOSUCHKEY"),
+        (b"f SEARCH MODSEQ 5", b"SEARCH MODSEQ is not supported"),
+        (b"g FETCH 1 (FLAGS) (CHANGEDSINCE 5)", b"CHANGEDSINCE needs CONDSTORE"),
     ):
         tagged = last_line(send(sock, line, line[:1]))
         assert tagged.startswith(line[:1] + b" BAD "), tagged

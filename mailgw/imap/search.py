@@ -59,6 +59,17 @@ class Plan:
         return cls(headers=body or bool(kinds & {"HEADER", "SENT"}), body=body)
 
 
+#: The criteria ``evaluate`` knows; the others (MODSEQ, $) need extensions not offered.
+KNOWN = frozenset(
+    {"ALL", "FLAG", "KEYWORD", "SIZE", "SEQ", "UID", "DATE", "SENT", "HEADER", "BODY", "TEXT"}
+)
+
+
+def unsupported(tree: tuple) -> str | None:
+    """The first criterion of ``tree`` that ``evaluate`` does not know, if any."""
+    return next((kind for kind in _kinds(tree) if kind not in KNOWN), None)
+
+
 def _kinds(node: tuple):
     kind = node[0]
     if kind == "AND":

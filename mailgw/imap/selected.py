@@ -11,7 +11,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from mailgw.imap.reply import Reply, bad, failed, no, ok
-from mailgw.imap.search import Candidate, evaluate
+from mailgw.imap.search import Candidate, evaluate, unsupported
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import responses as r
 
@@ -153,6 +153,9 @@ async def search(session, command: c.Search) -> Reply:
         return bad(b"ESEARCH is not supported")
     if command.charset is not None and command.charset.upper() not in CHARSETS:
         return no(b"[BADCHARSET (US-ASCII UTF-8)] Unknown charset")
+    kind = unsupported(command.criteria)
+    if kind is not None:
+        return bad(b"SEARCH %s is not supported" % kind.encode("ascii", "replace"))
     mailbox = session.mailbox
     candidates = [Candidate(*row) for row in mailbox.view.candidates()]
     try:
