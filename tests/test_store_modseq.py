@@ -5,6 +5,7 @@ programs are picked up, and Dovecot's own files stay as they were."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,49 @@ def test_changed_since_lists_what_changed_after(store):
     new = folder.append(b"late\r\n")
     assert [m.uid for m in folder.changed_since(mark)] == [uids[1], new]
     assert folder.changed_since(folder.highest_modseq) == []
+
+
+def test_every_event_is_above_everything_shown_before(store):
+    """Concurrent deliveries (committed in batches), appends and flag changes: each event's
+    modseqs are above those of every event before it, so a client that synced at any moment
+    misses nothing later."""
+    folder = store.folder(USER)
+    seeds = fill(folder, 8)
+    events: list[list[int]] = []
+
+    class Watch:
+        def messages_added(self, folder_id, infos):
+            events.append([i.modseq for i in infos])
+
+        def flags_changed(self, folder_id, infos):
+            events.append([i.modseq for i in infos])
+
+        def messages_expunged(self, folder_id, uids):
+            events.append([uids.modseq])
+
+    store.add_listener(USER, "INBOX", Watch())
+
+    def deliver(n):
+        message = store.incoming()
+        message.write(f"Subject: {n}\r\n\r\nx\r\n".encode())
+        message.commit([USER])
+
+    def change(n):
+        folder.set_flags(seeds[n], {SEEN})
+        folder.append(b"appended\r\n")
+
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(16)]
+    threads += [threading.Thread(target=change, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(folder.messages()) == 8 + 16 + 8
+    shown = 0
+    for modseqs_of_event in events:
+        assert min(modseqs_of_event) > shown, events
+        shown = max(modseqs_of_event)
+    assert folder.highest_modseq == shown
 
 
 # -- the batch form and UNCHANGEDSINCE

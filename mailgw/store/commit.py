@@ -96,8 +96,12 @@ class GroupCommitter:
             # Every job is done even if finishing one fails: no waiting thread may spin.
             for job in batch:
                 job.done = True
+            shown: dict[int, tuple[object, list[tuple[int, str]]]] = {}
             for job in batch:
-                self._finish(job)
+                for folder, uid, key in self._finish(job):
+                    shown.setdefault(id(folder), (folder, []))[1].append((uid, key))
+            for folder, delivered in shown.values():
+                folder.publish(delivered)
 
     def _deliver(self, jobs: list[Job]) -> None:
         """Link every message into its recipients' folders, one batch per folder."""
@@ -122,13 +126,12 @@ class GroupCommitter:
                     job.delivered.append((address, folder, *result))
 
     @staticmethod
-    def _finish(job: Job) -> None:
-        """Withdraw the copies of a failed message, drop its file, show the delivered ones."""
+    def _finish(job: Job) -> list[tuple[object, int, str]]:
+        """Withdraw the copies of a failed message and drop its file; return the copies to
+        show, ``(folder, uid, key)`` (the batch's copies in one folder are shown together)."""
         if job.error is not None:
             for _, folder, _, key in job.delivered:
                 folder.withdraw(key)
             job.delivered = []
         job.message.discard()
-        if job.error is None:
-            for _, folder, uid, key in job.delivered:
-                folder.publish(uid, key)
+        return [(folder, uid, key) for _, folder, uid, key in job.delivered]

@@ -258,18 +258,25 @@ class MaildirFolder:
             wanted = [self._messages[uid] for uid in sorted(set(uids)) if uid in self._messages]
             targets = self._keywords.infos_for(wanted, frozenset(flags), mode, self._index.locked)
             log = self._seq.log
-            modified, moves, masks = [], [], {}
-            with log.locked():
-                for old, info in targets:
+            modified: list[int] = []
+            moves = [(old, info) for old, info in targets if old.recent or old.info != info]
+            masks = {
+                old.uid: flag_mask(info)
+                for old, info in moves
+                if flag_mask(info) != flag_mask(old.info)
+            }
+            if masks or (unchanged_since is not None and targets):
+                with log.locked():
                     if unchanged_since is not None:
-                        if max(old.modseq, log.modseq_of(old.uid) or 0) > unchanged_since:
-                            modified.append(old.uid)
-                            continue
-                    if old.recent or old.info != info:
-                        moves.append((old, info))
-                        if flag_mask(info) != flag_mask(old.info):
-                            masks[old.uid] = flag_mask(info)
-                log.record(masks)
+                        modified = [
+                            old.uid
+                            for old, _ in targets
+                            if max(old.modseq, log.modseq_of(old.uid) or 0) > unchanged_since
+                        ]
+                        refused = set(modified)
+                        moves = [(old, info) for old, info in moves if old.uid not in refused]
+                        masks = {uid: mask for uid, mask in masks.items() if uid not in refused}
+                    log.record(masks)
             renamed = []
             for old, info in moves:
                 current = self._rename_flags(old, info)
@@ -377,7 +384,7 @@ class MaildirFolder:
         index with one fsync (all of them at one modseq) and one fsync of new/ (the store's
         group commit hands over every delivery waiting at that moment).  Return, in
         order, ``(uid, key)`` for each message now on disk and indexed but not yet shown (call
-        ``publish(uid, key)`` once its whole delivery succeeded, or ``withdraw(key)``), or the
+        ``publish`` with it once its whole delivery succeeded, or ``withdraw(key)``), or the
         StoreError that stopped it.
 
         The links come first, so that on file systems with one journal (ext4, XFS) the fsync of
@@ -415,27 +422,31 @@ class MaildirFolder:
         given = iter(uids)
         return [r if isinstance(r, StoreError) else (next(given), r) for r in results]
 
-    def publish(self, uid: int, key: str) -> None:
-        """Show a message delivered by ``deliver_link`` and tell the listeners.
+    def publish(self, delivered: list[tuple[int, str]]) -> None:
+        """Show messages delivered by ``deliver_links``, ``(uid, key)`` each, and tell the
+        listeners.
 
-        If a change was shown meanwhile with a larger modseq than the delivery's, the message
-        gets a new one first; should that fail, it is left for the next scan to show."""
+        If a change was shown meanwhile with a larger modseq than the delivery's, they get a
+        new one first; should that fail, they are left for the next scan to show."""
         with self._lock:
-            if self._gone or uid in self._messages:
+            fresh = [(uid, key) for uid, key in delivered if uid not in self._messages]
+            if self._gone or not fresh:
                 return
             try:
-                self._seq.settle({uid: (0, 0)})
+                self._seq.settle({uid: (0, 0) for uid, _ in fresh})
             except StoreError:
                 self._stamps = None
                 return
-            modseq = self._seq.log.modseq_of(uid) or self._seq.highest
-            message = MessageInfo(uid, key, frozenset(), True, None, modseq=modseq)
-            self._insert(message)
-            self._seq.show(modseq)
-            self._listeners.notify(self.folder_id, "messages_added", [message])
+            messages = []
+            for uid, key in fresh:
+                modseq = self._seq.log.modseq_of(uid) or self._seq.highest
+                messages.append(MessageInfo(uid, key, frozenset(), True, None, modseq=modseq))
+                self._insert(messages[-1])
+            self._seq.show(max(m.modseq for m in messages))
+            self._listeners.notify(self.folder_id, "messages_added", messages)
 
     def withdraw(self, key: str) -> None:
-        """Undo a ``deliver_link`` whose delivery failed elsewhere (its UID stays unused)."""
+        """Undo a ``deliver_links`` whose delivery failed elsewhere (its UID stays unused)."""
         with self._lock:
             remove_quietly(self.path / "new" / key)
             try:

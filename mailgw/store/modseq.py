@@ -311,22 +311,24 @@ class ModseqLog:
                 raise StoreError(f"{self.path} is not this folder's modseq index")
             yield
             if self._needs_compaction():
-                self._compact()
+                try:
+                    self._compact()
+                except StoreError:
+                    pass  # the lines stay valid: compacted at a later change
         finally:
             self._lock_fd = None
             os.close(fd)
 
     def record(self, masks: Mapping[int, int], gone: Iterable[int] = ()) -> int | None:
-        """Make the index say that these live UIDs have these flag masks and that ``gone`` are
-        expunged: those it already says so of are left alone, the others get one new modseq,
-        in one fsync'd append.  Return that modseq, or None when nothing needed writing.
+        """Record that these live UIDs have these flag masks and that ``gone`` are expunged, at
+        one new modseq, in one fsync'd append; return it (None when both are empty).
 
         Call inside ``locked()``; raise StoreError (the index then says what it said before)."""
         if self._lock_fd is None:
             raise StoreError("modseq index written without its lock")
         state = self.state
-        changed = {uid: mask for uid, mask in masks.items() if state.get(uid, (0, -1))[1] != mask}
-        removed = sorted({uid for uid in gone if uid in state} - changed.keys())
+        changed = dict(masks)
+        removed = sorted(set(gone) - changed.keys())
         if not changed and not removed:
             return None
         modseq = self.highest + 1
@@ -342,7 +344,8 @@ class ModseqLog:
             state[uid] = (modseq, mask)
             self.expunged.pop(uid, None)
         for uid in removed:
-            del state[uid]
+            state.pop(uid, None)
+            self.expunged.pop(uid, None)
             self.expunged[uid] = modseq
         self.highest = modseq
         return modseq
