@@ -306,6 +306,8 @@ class ParsedMessage:
             return node.body
         if text == "HEADER":
             return self.data[node.start : node.body_start]
+        if text not in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+            return b""
         header = self.data[node.start : node.body_start]
         ended = not header.strip(b"\r") or header.endswith(b"\n")
         return select_fields(node.fields, section.fields, text == "HEADER.FIELDS.NOT", ended)
