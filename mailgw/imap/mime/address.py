@@ -224,8 +224,11 @@ def addresses(value: bytes) -> list:
     try:
         while lexer.peek()[0] != "end":
             start = lexer.pos
-            _address(lexer, result)
-            if lexer.pos == start:
+            more = _address(lexer, result)
+            if lexer.pos == start:  # no address where one should start
+                result.append([None, None, MISSING_MAILBOX, MISSING_DOMAIN])
+                break
+            if not more:  # something else than a comma after it: Dovecot stops there
                 break
     except _SyntaxError as error:
         result.append(error.address)
@@ -268,7 +271,8 @@ def _phrase(lexer: _Lexer) -> bytes | None:
         lexer.next()
 
 
-def _address(lexer: _Lexer, result: list) -> None:
+def _address(lexer: _Lexer, result: list) -> bool:
+    """Parse one address or group into ``result``; True if a comma followed it."""
     start = lexer.pos
     words = _phrase(lexer)
     kind, text, _ = lexer.peek()
@@ -290,6 +294,8 @@ def _address(lexer: _Lexer, result: list) -> None:
         _mailbox(lexer, result)
     if lexer.peek()[1] == b",":
         lexer.next()
+        return True
+    return False
 
 
 def _mailbox(lexer: _Lexer, result: list) -> None:
@@ -319,7 +325,7 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
 
 
 def _name(name: bytes | None) -> bytes | Atom | None:
-    return None if name is None else humane(name)
+    return humane(name) if name else None
 
 
 def _route(lexer: _Lexer) -> bytes | None:
@@ -340,17 +346,7 @@ def _route(lexer: _Lexer) -> bytes | None:
 
 
 def _addr_spec(lexer: _Lexer) -> tuple[bytes, bytes]:
-    local = []
-    while True:
-        kind, text, _ = lexer.peek()
-        if kind == "atom" or kind == "other" or (kind == "special" and text == b"."):
-            local.append(text)
-        elif kind == "quoted":
-            local.append(_unquote(text))
-        else:
-            break
-        lexer.next()
-    mailbox = b"".join(local) or MISSING_MAILBOX
+    mailbox = _dotted(lexer, ("atom", "other", "quoted")) or MISSING_MAILBOX
     if lexer.peek()[1] != b"@":
         return mailbox, MISSING_DOMAIN
     lexer.next()
@@ -358,11 +354,22 @@ def _addr_spec(lexer: _Lexer) -> tuple[bytes, bytes]:
 
 
 def _domain(lexer: _Lexer) -> bytes:
-    parts = []
+    return _dotted(lexer, ("atom", "other", "literal"))
+
+
+def _dotted(lexer: _Lexer, kinds: tuple[str, ...]) -> bytes:
+    """Words joined by dots (a local part or a domain); blanks may only sit next to a dot,
+    so a second word after a blank ends it."""
+    parts: list[bytes] = []
+    dot = True
     while True:
-        kind, text, _ = lexer.peek()
-        if kind in ("atom", "literal", "other") or (kind == "special" and text == b"."):
-            parts.append(text)
-            lexer.next()
+        kind, text, spaced = lexer.peek()
+        if kind == "special" and text == b".":
+            dot = True
+        elif kind in kinds and (dot or not spaced):
+            text = _unquote(text) if kind == "quoted" else text
+            dot = False
         else:
             return b"".join(parts)
+        parts.append(text)
+        lexer.next()
