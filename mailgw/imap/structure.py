@@ -172,8 +172,17 @@ class _Parser:
                 end -= 1
         return end
 
-    def entity(self, start: int, stack: list[bytes], depth: int, digest: bool = False):
-        """Parse the entity at ``start``; return it and the boundary that ended it."""
+    def entity(
+        self,
+        start: int,
+        stack: list[bytes],
+        depth: int,
+        digest: bool = False,
+        fields: list[tuple[bytes, bytes]] | None = None,
+    ):
+        """Parse the entity at ``start``; return it and the boundary that ended it.
+
+        ``fields`` are its header fields when the caller has split them already."""
         self.count += 1
         data = self.data
         fields_end, body_start = header_end(data, start)
@@ -181,6 +190,8 @@ class _Parser:
         if limit is not None:  # a boundary inside the header ends the part there
             fields_end = body_start = self.content_end(start, limit)
         part = Part(data, start, fields_end, body_start, digest)
+        if fields is not None:
+            part.fields = fields
         kind = part.kind()
         if limit is None and stack and body_start > fields_end:
             # An outer boundary right after the empty line takes it as its line ending.
@@ -249,7 +260,10 @@ class ParsedMessage:
     @cached_property
     def root(self) -> Part:
         """The message as a tree of parts."""
-        return _Parser(self.data).entity(0, [], 0)[0]
+        known = self._header_fields if "_header_fields" in self.__dict__ else None
+        if self.data is not self._stored:
+            known = None
+        return _Parser(self.data).entity(0, [], 0, fields=known)[0]
 
     @cached_property
     def _header_fields(self) -> list[tuple[bytes, bytes]]:

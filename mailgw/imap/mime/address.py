@@ -75,6 +75,8 @@ def _address_list(found: list) -> Atom:
 def _nstring(value: bytes | None) -> bytes:
     if value is None:
         return b"NIL"
+    if len(value) <= MAX_QUOTED and _PLAIN_TEXT.fullmatch(value):
+        return b'"' + value + b'"'
     if not isinstance(value, Atom):
         value = dovecot_string(value)
     return value if isinstance(value, Atom) else string(value)

@@ -79,11 +79,16 @@ def field_value(raw: bytes) -> bytes:
     if colon < 0:
         return b""
     value = raw[colon + 1 :]
-    first = value.split(b"\n", 1)[0].rstrip(b"\r")
-    if first.strip(b" \t"):
+    newline = value.find(b"\n")
+    first = value if newline < 0 else value[:newline]
+    if first.strip(b" \t\r"):
         value = value.lstrip(b" \t")
     elif first:
         value = value[1:]
+    if b"\n" not in value[:-1] and b"\r" not in value[:-2]:  # one line, the common case
+        if value.endswith(b"\n"):
+            value = value[:-2] if value.endswith(b"\r\n") else value[:-1]
+        return value.replace(b"\r", b"")
     return value.replace(b"\r", b"").replace(b"\n", b"")
 
 
