@@ -584,7 +584,7 @@ class MaildirFolder:
         log.refresh()
         files = list_files(self.path, self.name)
         index = self._index
-        unknown = [key for key in files if key not in index.uids]
+        unknown = list(files.keys() - index.uids.keys())
         if unknown:
             unknown.sort(key=lambda k: (date_from_key(k) or 0.0, k))
             entries = [
@@ -601,8 +601,9 @@ class MaildirFolder:
         pending: dict[int, tuple[int, int]] = {}
         flags_of = self._keywords.flags_of
         logged_of = log.state.get
+        masks: dict[str | None, int] = {}
         above = self._seq.highest
-        known = 0
+        unlogged = 0
         sizes = index.sizes
         last = 0
         ordered = True
@@ -613,8 +614,6 @@ class MaildirFolder:
             recent, info = entry
             prev = old.get(uid)
             logged = logged_of(uid)
-            if logged is not None:
-                known += 1
             if (
                 prev is not None
                 and logged is not None
@@ -625,17 +624,20 @@ class MaildirFolder:
             ):
                 fresh[uid] = prev
             else:
-                shown = prev.modseq if prev is not None else 0
-                mask = flag_mask(info)
-                if (
-                    logged is not None
-                    and logged[1] == mask
-                    and (logged[0] > above or logged[0] == shown)
+                mask = masks.get(info)
+                if mask is None:
+                    mask = masks[info] = flag_mask(info)
+                if logged is None:
+                    unlogged += 1
+                    modseq = 0
+                elif logged[1] == mask and (
+                    logged[0] > above or (prev is not None and logged[0] == prev.modseq)
                 ):
                     modseq = logged[0]
                 else:
                     modseq = 0
-                    pending[uid] = (mask, shown)
+                if not modseq:
+                    pending[uid] = (mask, prev.modseq if prev is not None else 0)
                 size = None
                 if ",W=" not in key:
                     size = sizes.get(key)
@@ -659,7 +661,7 @@ class MaildirFolder:
             added.sort(key=lambda m: m.uid)
         expunged = [uid for uid in old if uid not in fresh]
         gone = expunged
-        if known < len(log.state):
+        if len(fresh) - unlogged < len(log.state):
             gone = sorted({*expunged, *(uid for uid in log.state if uid not in fresh)})
         if not log.exists:
             log.create({uid: mask for uid, (mask, _) in pending.items()})
