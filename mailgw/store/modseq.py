@@ -15,9 +15,11 @@ text line per change, appended and fsync'd:
     <modseq> X <uid> ...              these messages were expunged at <modseq>
 
 The lines of one change share its modseq, one above the highest before it, so a line's modseq
-is never reused.  Once the lines outweigh the snapshot, the file is rewritten (compacted) with a
-new snapshot and no lines, keeping the latest ``VANISHED_KEPT`` expunges; the floor rises to the
-modseq of the last one dropped, below which ``vanished_since`` answers None.
+is never reused.  Once the lines take more than ``COMPACT_MIN_TAIL`` octets and a quarter of the
+snapshot, or the expunges remembered are more than twice ``VANISHED_KEPT``, the file is rewritten
+(compacted) with a new snapshot and no lines, keeping the latest ``VANISHED_KEPT`` expunges; the
+floor rises to the modseq of the last one dropped, below which ``vanished_since`` answers None.
+A folder that never had the index gets one at its first open, every message at modseq 1.
 
 A torn last line (a crash during an append) is ignored and cut away by the next append.  A
 header or snapshot that cannot be read (damage no crash makes: they are only ever written whole,
@@ -51,7 +53,7 @@ _VERSION = "1"
 #: keeps them in its transaction log until the log rotates, which is of the same order).
 VANISHED_KEPT = 10_000
 #: The appended lines are compacted into a new snapshot once they take more than this many
-#: octets and more than ``COMPACT_TAIL_PER_MESSAGE`` per message of the snapshot.
+#: octets and more than ``COMPACT_TAIL_PER_MESSAGE`` per message (a quarter of the snapshot's).
 COMPACT_MIN_TAIL = 64 * 1024
 COMPACT_TAIL_PER_MESSAGE = 4
 
