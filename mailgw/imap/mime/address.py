@@ -18,7 +18,7 @@ from mailgw.imap.wire.responses import MAX_QUOTED, Atom, encode, literal, string
 #: What an address lacks is filled in with these (Dovecot's placeholders).
 MISSING_MAILBOX = b"MISSING_MAILBOX"
 MISSING_DOMAIN = b"MISSING_DOMAIN"
-#: The domain of an address Dovecot could not parse (the rest of the list is dropped).
+#: The domain of an address whose ``<`` is not closed (Dovecot's placeholder).
 SYNTAX_ERROR = b"SYNTAX_ERROR"
 
 _ENVELOPE_FIELDS = (
@@ -36,7 +36,8 @@ _ENVELOPE_FIELDS = (
 _ADDRESS_FIELDS = frozenset({b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"})
 
 _LEXEME = re.compile(
-    rb'(?P<space>[ \t\r\n]+)|(?P<quoted>"(?:[^"\\]|\\.)*"?)|(?P<literal>\[(?:[^\]\\]|\\.)*\]?)'
+    rb'(?P<space>[ \t\r\n]+)|(?P<quoted>"(?:[^"\\]|\\.)*")|(?P<literal>\[(?:[^\]\\]|\\.)*\])'
+    rb'|(?P<junk>["\[])'
     rb'|(?P<comment>\()|(?P<special>[<>@,;:.])|(?P<atom>[^ \t\r\n"\[\]()<>@,;:.\\]+)|(?P<other>.)',
     re.S,
 )
@@ -48,9 +49,11 @@ _REPLACEMENT = "\ufffd".encode()
 _SPECIALS_HUMAN = re.compile(rb'["\\\x80-\xff\x00\t\r\n]|  |^ | $')
 
 
-def humane(text: bytes) -> bytes | Atom:
-    """``text`` as Dovecot writes text meant for people (subject, display names)."""
-    if not _SPECIALS_HUMAN.search(text):
+def humane(text: bytes, folded: bool = False) -> bytes | Atom:
+    """``text`` as Dovecot writes text meant for people (subject, display names).
+
+    ``folded``: the header field was folded (Dovecot then always sends a literal)."""
+    if not folded and not _SPECIALS_HUMAN.search(text):
         return dovecot_string(text)
     cleaned = text.replace(b"\r", b"").replace(b"\n", b"").replace(b"\x00", _REPLACEMENT)
     cleaned = _BLANKS.sub(b" ", cleaned).strip(b" ")
@@ -107,11 +110,14 @@ def envelope_of_fields(fields: list[tuple[bytes, bytes]]) -> list:
     addresses of a repeated address field are joined."""
     texts: dict[bytes, bytes] = {}
     found: dict[bytes, list] = {}
+    folded_subject = False
     for name, raw in fields:
         if name in _ADDRESS_FIELDS:
             found.setdefault(name, []).extend(addresses(field_value(raw)))
         elif name in _ENVELOPE_FIELDS:
             texts[name] = field_value(raw)
+            if name == b"subject":
+                folded_subject = b"\n" in raw[:-1]
     envelope: list = []
     for name in _ENVELOPE_FIELDS:
         if name in _ADDRESS_FIELDS:
@@ -119,7 +125,7 @@ def envelope_of_fields(fields: list[tuple[bytes, bytes]]) -> list:
         elif name not in texts:
             envelope.append(None)
         elif name == b"subject":
-            envelope.append(humane(texts[name]))
+            envelope.append(humane(texts[name], folded_subject))
         else:
             envelope.append(dovecot_string(texts[name]))
     for sender in (3, 4):
@@ -130,7 +136,9 @@ def envelope_of_fields(fields: list[tuple[bytes, bytes]]) -> list:
 
 class _Lexer:
     """Address lexemes as (kind, text, spaced): ``spaced`` when blanks or a comment came
-    before; comments are skipped but remembered (the last one can name an address)."""
+    before; comments are skipped but remembered (the last one can name an address).  An
+    unclosed quoted string or domain literal is one last ``junk`` lexeme, an unclosed
+    comment an ``open-comment`` one (Dovecot gives up at once there)."""
 
     def __init__(self, value: bytes) -> None:
         self.items: list[tuple[str, bytes, bool]] = []
@@ -142,10 +150,16 @@ class _Lexer:
             kind = found.lastgroup
             if kind == "comment":
                 end = _comment_end(value, pos)
-                self.items.append(("comment", value[pos + 1 : end - 1], spaced))
-                pos = end
-                spaced = True
-                continue
+                if end > len(value):
+                    kind = "open-comment"
+                else:
+                    self.items.append(("comment", value[pos + 1 : end - 1], spaced))
+                    pos = end
+                    spaced = True
+                    continue
+            if kind in ("junk", "open-comment"):  # unclosed: parsing ends here
+                self.items.append((kind, b"", spaced))
+                break
             if kind == "space":
                 spaced = True
             else:
@@ -175,14 +189,6 @@ class _Lexer:
         while self.pos < len(self.items) and self.items[self.pos][0] == "comment":
             self.comments.append(self.items[self.pos][1])
             self.pos += 1
-
-
-class _SyntaxError(Exception):
-    """An address Dovecot gives up on: it is kept with SYNTAX_ERROR as its domain, and the
-    rest of the list is dropped."""
-
-    def __init__(self, address: list) -> None:
-        self.address = address
 
 
 def _comment_end(value: bytes, pos: int) -> int:
@@ -223,17 +229,15 @@ def addresses(value: bytes) -> list:
         return plain
     lexer = _Lexer(value)
     result: list = []
-    try:
-        while lexer.peek()[0] != "end":
-            start = lexer.pos
-            more = _address(lexer, result)
-            if lexer.pos == start:  # no address where one should start
+    while lexer.peek()[0] not in ("end", "open-comment"):
+        start, count = lexer.pos, len(result)
+        more = _address(lexer, result)
+        if lexer.pos == start:  # no address where one should start
+            if len(result) == count:
                 result.append([None, None, MISSING_MAILBOX, MISSING_DOMAIN])
-                break
-            if not more:  # something else than a comma after it: Dovecot stops there
-                break
-    except _SyntaxError as error:
-        result.append(error.address)
+            break
+        if not more:  # something else than a comma after it: Dovecot stops there
+            break
     return result
 
 
@@ -246,30 +250,42 @@ def _plain_addresses(value: bytes) -> list | None:
         found = _PLAIN_ADDRESS.match(value, pos)
         if found is None or found.end() == pos:
             return None
-        local = found.group("local")
+        local, domain = found.group("local", "domain")
         if local is None:
-            result.append([None, None, found.group("bare_local"), found.group("bare_domain")])
+            local, domain = found.group("bare_local", "bare_domain")
+            name = None
         else:
             name = found.group("quoted")
             if name is None:
                 name = b" ".join(found.group("name").split()) or None
-            result.append([_name(name), None, local, found.group("domain")])
+        if _odd_dots(local) or _odd_dots(domain):
+            return None
+        result.append([_name(name), None, local, domain])
         pos = found.end()
         if value.endswith(b",", 0, pos) and pos == end:
             return None
     return result
 
 
+def _odd_dots(text: bytes) -> bool:
+    return text.startswith(b".") or text.endswith(b".") or b".." in text
+
+
 def _phrase(lexer: _Lexer) -> bytes | None:
-    """Words (atoms, quoted strings, dots) as written, each run of blanks one space."""
+    """Words as Dovecot joins them: a quoted string, or atoms and dots written together,
+    is one word; words are separated by one space."""
     words = []
+    previous = ""
     while True:
         kind, text, spaced = lexer.peek()
         if kind == "quoted":
             text = _unquote(text)
-        elif not (kind in ("atom", "other") or (kind == "special" and text == b".")):
+        elif not (kind == "atom" or (kind == "special" and text == b".")):
             return b"".join(words) if words else None
-        words.append(b" " + text if spaced and words else text)
+        if words and (spaced or kind == "quoted" or previous == "quoted"):
+            text = b" " + text
+        words.append(text)
+        previous = kind
         lexer.next()
 
 
@@ -280,17 +296,21 @@ def _address(lexer: _Lexer, result: list) -> bool:
     kind, text, _ = lexer.peek()
     if text == b":" and kind == "special":
         lexer.next()
-        result.append([None, None, words or MISSING_MAILBOX, None])
-        while lexer.peek()[0] != "end" and lexer.peek()[1] != b";":
-            before = lexer.pos
+        result.append([None, None, words or b"", None])
+        closed = False
+        while lexer.peek()[0] not in ("end", "open-comment"):
+            if lexer.peek()[1] == b";":
+                lexer.next()
+                closed = True
+                break
             _mailbox(lexer, result)
             if lexer.peek()[1] == b",":
                 lexer.next()
-            elif lexer.pos == before:
-                lexer.next()
-        if lexer.peek()[1] == b";":
-            lexer.next()
+            elif lexer.peek()[1] != b";":
+                break
         result.append([None, None, None, None])
+        if not closed:
+            return False
     else:
         lexer.pos = start
         _mailbox(lexer, result)
@@ -301,6 +321,8 @@ def _address(lexer: _Lexer, result: list) -> bool:
 
 
 def _mailbox(lexer: _Lexer, result: list) -> None:
+    """Parse one mailbox into ``result`` as Dovecot does: a missing ``>`` makes the domain
+    SYNTAX_ERROR; words that make no address are a name with nothing else."""
     start = lexer.pos
     words = _phrase(lexer)
     kind, text, _ = lexer.peek()
@@ -308,9 +330,10 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
         lexer.next()
         route = _route(lexer)
         mailbox, domain = _addr_spec(lexer)
-        if lexer.peek()[1] != b">":
-            raise _SyntaxError([_name(words), route, mailbox, SYNTAX_ERROR])
-        lexer.next()
+        if lexer.peek()[1] == b">":
+            lexer.next()
+        else:
+            domain = SYNTAX_ERROR
         result.append([_name(words), route, mailbox, domain])
         return
     if text == b";" and not words:
@@ -320,10 +343,24 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
         return
     lexer.pos = start
     del lexer.comments[:]
-    mailbox, domain = _addr_spec(lexer)
+    local = _local(lexer)
+    kind, text, _ = lexer.peek()
+    if (
+        words
+        and b" " in words
+        and kind not in ("end", "open-comment")
+        and text not in (b"@", b",", b";")
+    ):
+        # Not an addr-spec after all: the words are a name without an address.
+        result.append([_name(words), None, MISSING_MAILBOX, MISSING_DOMAIN])
+        return
+    domain = MISSING_DOMAIN
+    if text == b"@":
+        lexer.next()
+        domain = _domain(lexer) or MISSING_DOMAIN
     lexer.skip_comments()
     name = lexer.comments[-1] if lexer.comments else None
-    result.append([_name(name), None, mailbox, domain])
+    result.append([_name(name), None, local or MISSING_MAILBOX, domain])
 
 
 def _name(name: bytes | None) -> bytes | Atom | None:
@@ -348,15 +385,25 @@ def _route(lexer: _Lexer) -> bytes | None:
 
 
 def _addr_spec(lexer: _Lexer) -> tuple[bytes, bytes]:
-    mailbox = _dotted(lexer, ("atom", "other", "quoted")) or MISSING_MAILBOX
+    mailbox = _local(lexer) or MISSING_MAILBOX
     if lexer.peek()[1] != b"@":
         return mailbox, MISSING_DOMAIN
     lexer.next()
     return mailbox, _domain(lexer) or MISSING_DOMAIN
 
 
+def _local(lexer: _Lexer) -> bytes:
+    """A local part; lost (b"") when an unclosed comment follows it, as with Dovecot."""
+    local = _dotted(lexer, ("atom", "quoted"))
+    return b"" if lexer.peek()[0] == "open-comment" else local
+
+
 def _domain(lexer: _Lexer) -> bytes:
-    return _dotted(lexer, ("atom", "other", "literal"))
+    """A domain; b"" when it ends in a dot or an unclosed comment follows (Dovecot)."""
+    domain = _dotted(lexer, ("atom", "literal"))
+    if domain.endswith(b".") or lexer.peek()[0] == "open-comment":
+        return b""
+    return domain
 
 
 def _dotted(lexer: _Lexer, kinds: tuple[str, ...]) -> bytes:
