@@ -1,13 +1,15 @@
 """FETCH and UID FETCH: one path for every shape of request, fast for all of them.
 
-The set is resolved on the reactor against the session's view; the messages are then taken in
-batches (at most ``BATCH_MESSAGES``, about ``CHUNK`` octets of message data): for each batch a
-worker thread sets \\Seen where a non-PEEK body item asks for it, reads what the items need (no
-file for UID, FLAGS, INTERNALDATE, RFC822.SIZE; the header block for ENVELOPE and top-level
-header sections; the whole message otherwise) and serialises the batch's ``* n FETCH`` lines.
-The reactor writes a batch, starts the next one's thread work, and waits until the transport
-has sent what it holds (a push producer registered on it) before writing more, so memory
-stays bounded and the disk and the network work at once.  A message gone by then is left out.
+The set is resolved on the reactor against the session's view and cut into batches (about
+``CHUNK`` octets of response; when messages are read, ``BODY_CHUNKS`` times that of message
+data and at most ``BATCH_MESSAGES`` messages).  Each batch is ``serialise``d: \\Seen set where a
+non-PEEK body item asks for it, what the items need read (no file for UID, FLAGS,
+INTERNALDATE, RFC822.SIZE; the header block for ENVELOPE and top-level header sections; the
+whole message otherwise), the ``* n FETCH`` lines built, and \\Recent files moved to cur/ -- in
+a worker thread whenever that touches the disk, at once for a batch of metadata.  The reactor
+writes a batch, starts the next one, and waits until the transport has sent what it holds (a
+push producer registered on it) before writing more, so memory stays bounded and the disk and
+the network work at once.  A message gone by then is left out.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThread
@@ -37,6 +39,8 @@ from mailgw.store.interfaces import NoSuchMessage
 
 #: About this many octets of message data go into one batch (a larger message goes alone).
 CHUNK = 256 * 1024
+#: A batch of messages read holds about this many CHUNKs (fewer thread hops per octet).
+BODY_CHUNKS = 4
 #: The most messages in one batch.
 BATCH_MESSAGES = 500
 
@@ -196,54 +200,92 @@ class _Message:
         return self.parsed.section(section)
 
 
-def _items(plan: Plan, info, flags: bytes, message: _Message | None) -> list:
-    """The FETCH items of one message, in order: bytes, or (head, literal octets)."""
-    items: list = []
-    for attribute in plan.attributes:
-        name, section = attribute.name, attribute.section
-        if name == "UID":
-            items.append(b"UID %d" % info.uid)
-        elif name == "FLAGS":
-            items.append(flags)
-        elif name == "RFC822.SIZE":
-            items.append(b"RFC822.SIZE %d" % info.size)
-        elif name == "INTERNALDATE":
-            items.append(b"INTERNALDATE " + internal_date(info.internal_date))
-        elif name == "ENVELOPE":
-            items.append(b"ENVELOPE " + r.encode(message.envelope()))
-        elif name in ("BODYSTRUCTURE", "BODY") and section is None:
-            extended = name == "BODYSTRUCTURE"
-            items.append(name.encode() + b" " + r.encode(message.parsed.body_structure(extended)))
-        elif name == "BODY":
-            data = _window(message.section(section), attribute.partial)
-            items.append(r.literal_item(section_label(name, section, attribute.partial), data))
-        elif name == "BINARY":
-            data = _window(message.parsed.binary(section.part), attribute.partial)
-            label = section_label(name, c.Section(section.part), attribute.partial)
-            items.append(r.literal_item(label, data, binary=True))
-        elif name == "BINARY.SIZE":
-            size = message.parsed.binary_size(section.part)
-            label = section_label(name, c.Section(section.part), None)
-            items.append(label + b" %d" % size)
-        elif name == "RFC822":
-            items.append(r.literal_item(b"RFC822", message.data))
-        elif name == "RFC822.HEADER":
-            header = message.section(c.Section((), "HEADER"))
-            items.append(r.literal_item(b"RFC822.HEADER", header))
-        elif name == "RFC822.TEXT":
-            items.append(r.literal_item(b"RFC822.TEXT", message.section(c.Section((), "TEXT"))))
-    return items
+def _maker(attribute: c.FetchAttribute):
+    """The function ``(info, FLAGS item, _Message) -> item`` that serialises ``attribute`` for
+    one message: bytes, or a ``literal_item``."""
+    name, section, partial = attribute.name, attribute.section, attribute.partial
+    if name == "UID":
+        return lambda info, flags, message: b"UID %d" % info.uid
+    if name == "FLAGS":
+        return lambda info, flags, message: flags
+    if name == "RFC822.SIZE":
+        return lambda info, flags, message: b"RFC822.SIZE %d" % info.size
+    if name == "INTERNALDATE":
+        return lambda info, flags, message: b"INTERNALDATE " + internal_date(info.internal_date)
+    if name == "ENVELOPE":
+        return lambda info, flags, message: b"ENVELOPE " + r.encode(message.envelope())
+    if name in ("BODYSTRUCTURE", "BODY") and section is None:
+        head, extended = name.encode() + b" ", name == "BODYSTRUCTURE"
+        return lambda info, flags, message: head + r.encode(message.parsed.body_structure(extended))
+    if name == "BODY":
+        label = section_label(name, section, partial)
+        return lambda info, flags, message: r.literal_item(
+            label, _window(message.section(section), partial)
+        )
+    if name == "BINARY":
+        label = section_label(name, c.Section(section.part), partial)
+        return lambda info, flags, message: r.literal_item(
+            label, _window(message.parsed.binary(section.part), partial), binary=True
+        )
+    if name == "BINARY.SIZE":
+        head = section_label(name, c.Section(section.part), None) + b" "
+        return lambda info, flags, message: head + b"%d" % message.parsed.binary_size(section.part)
+    if name == "RFC822":
+        return lambda info, flags, message: r.literal_item(b"RFC822", message.data)
+    text = "HEADER" if name == "RFC822.HEADER" else "TEXT"
+    whole = c.Section((), text)
+    label = name.encode()
+    return lambda info, flags, message: r.literal_item(label, message.section(whole))
 
 
-def serialise(folder, rows: list, plan: Plan) -> tuple[bytes, list]:
-    """The ``* n FETCH`` lines of ``rows`` (``(seq, IMessageInfo, \\Recent here)``), after
-    setting \\Seen if the plan says so; and the new IMessageInfos of the messages whose flags
-    this changed.  Blocking: runs in a worker thread."""
+#: The metadata items as %-formats of their value, and how each value is had from
+#: ``(IMessageInfo, FLAGS item)``.
+_METADATA_FORMATS = {
+    "UID": (b"UID %d", lambda info, flags: info.uid),
+    "FLAGS": (b"%s", lambda info, flags: flags),
+    "RFC822.SIZE": (b"RFC822.SIZE %d", lambda info, flags: info.size),
+    "INTERNALDATE": (b"INTERNALDATE %s", lambda info, flags: internal_date(info.internal_date)),
+}
+
+
+class _Flags(dict):
+    """FLAGS items by (stored flags, \\Recent here), each serialised once per batch."""
+
+    def __missing__(self, key: tuple) -> bytes:
+        flags, recent = key
+        item = self[key] = b"FLAGS " + r.flag_list(sorted(flags) + ([RECENT] if recent else []))
+        return item
+
+
+def serialise(folder, rows: list, plan: Plan) -> tuple[list[bytes], list]:
+    """The ``* n FETCH`` lines of ``rows`` (``(seq, IMessageInfo, \\Recent here)``), as pieces to
+    write in order, after setting \\Seen if the plan says so; and the new IMessageInfos of the
+    messages whose flags this changed.  Blocking when it reads files or changes flags (it then
+    runs in a thread)."""
+    flag_items = _Flags()
+    recent_files = [info.uid for _, info, _ in rows if info.recent]
+    if plan.reads == NOTHING and not plan.sets_seen:
+        formats = [_METADATA_FORMATS[a.name] for a in plan.attributes]
+        line = r.fetch_line_format([form for form, _ in formats])
+        getters = [get for _, get in formats]
+        pieces = [
+            line % (seq, *[get(info, flag_items[info.flags, recent]) for get in getters])
+            for seq, info, recent in rows
+        ]
+        changed = []
+    else:
+        pieces, changed = _general(folder, rows, plan, flag_items)
+    if recent_files:
+        folder.mark_seen_by_client(recent_files)
+    return pieces, changed
+
+
+def _general(folder, rows: list, plan: Plan, flag_items: _Flags) -> tuple[list, list]:
+    """``serialise`` for items that read the message or set \\Seen: (pieces, changed)."""
     folder_path = str(folder.path)
+    makers = [_maker(attribute) for attribute in plan.attributes]
     changed = []
     pieces: list[bytes] = []
-    flag_items: dict[tuple, bytes] = {}
-    recent_files = []
     for seq, info, recent in rows:
         try:
             if plan.sets_seen and SEEN not in info.flags:
@@ -257,28 +299,24 @@ def serialise(folder, rows: list, plan: Plan) -> tuple[bytes, list]:
                 message = _Message(folder, folder_path, info, plan.reads)
         except NoSuchMessage:
             continue
-        if info.recent:
-            recent_files.append(info.uid)
-        key = (info.flags, recent)
-        flags = flag_items.get(key)
-        if flags is None:
-            names = sorted(info.flags) + ([RECENT] if recent else [])
-            flags = flag_items[key] = b"FLAGS " + r.flag_list(names)
-        pieces.extend(r.fetch_response_parts(seq, _items(plan, info, flags, message)))
-    if recent_files:
-        folder.mark_seen_by_client(recent_files)
-    return b"".join(pieces), changed
+        flags = flag_items[info.flags, recent]
+        pieces.extend(r.fetch_response_parts(seq, [make(info, flags, message) for make in makers]))
+    return pieces, changed
 
 
 def batches(rows: list, plan: Plan) -> list[list]:
-    """``rows`` cut into batches: at most BATCH_MESSAGES each, about CHUNK octets of data."""
+    """``rows`` cut into batches: of metadata, about CHUNK octets of response; of messages
+    read, about BODY_CHUNKS * CHUNK octets of data and at most BATCH_MESSAGES messages."""
     out: list[list] = []
     batch: list = []
     size = 0
+    if plan.reads == NOTHING:
+        step = max(1, CHUNK // 64)
+        return [rows[start : start + step] for start in range(0, len(rows), step)]
     for row in rows:
         batch.append(row)
-        size += row[1].size if plan.reads == WHOLE else 2048 if plan.reads == HEADER else 64
-        if size >= CHUNK or len(batch) >= BATCH_MESSAGES:
+        size += row[1].size if plan.reads == WHOLE else 2048
+        if size >= BODY_CHUNKS * CHUNK or len(batch) >= BATCH_MESSAGES:
             out.append(batch)
             batch, size = [], 0
     if batch:
@@ -331,6 +369,14 @@ class Drain:
             self._transport.unregisterProducer()
 
 
+def _begin(folder, batch: list, plan: Plan) -> Deferred:
+    """``serialise`` a batch: in a worker thread if it touches the disk (reads files, sets
+    \\Seen, moves \\Recent files to cur/), else at once (a batch of metadata)."""
+    if plan.reads != NOTHING or plan.sets_seen or any(info.recent for _, info, _ in batch):
+        return deferToThread(serialise, folder, batch, plan)
+    return maybeDeferred(serialise, folder, batch, plan)
+
+
 async def fetch(session, command: c.Fetch) -> Reply:
     """FETCH / UID FETCH: the items of every message of the set, in batches (module doc)."""
     if command.changed_since is not None or command.vanished:
@@ -347,15 +393,13 @@ async def fetch(session, command: c.Fetch) -> Reply:
     if not work:
         return ok(b"FETCH completed")
     drain = Drain(session.transport)
-    pending: Deferred | None = deferToThread(serialise, folder, work[0], plan)
+    pending: Deferred | None = _begin(folder, work[0], plan)
     try:
         for index in range(len(work)):
-            data, changed = await pending
-            pending = None
-            if index + 1 < len(work):
-                pending = deferToThread(serialise, folder, work[index + 1], plan)
+            pieces, changed = await pending
             view.apply_flags(changed)
-            session.send(data)
+            session.send_pieces(pieces)
+            pending = _begin(folder, work[index + 1], plan) if index + 1 < len(work) else None
             await drain.drained()
     except UnknownTransferEncoding:
         return no(b"[UNKNOWN-CTE] A part has a transfer encoding that cannot be decoded")

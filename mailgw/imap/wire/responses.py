@@ -81,7 +81,7 @@ def flag_list(flags) -> Atom:
 
 def fetch_response(seq: int, items: list[bytes]) -> bytes:
     """``* seq FETCH (items)`` CRLF, ``items`` already serialised (``name value`` each)."""
-    return b"* %d FETCH (" % seq + b" ".join(items) + b")" + CRLF
+    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items))
 
 
 def sequence_set(numbers) -> bytes:
@@ -100,6 +100,11 @@ def literal_item(label: bytes, data: bytes, binary: bool = False) -> tuple[bytes
     large octets are not copied; ``binary`` data with a NUL goes as literal8 (RFC 3516)."""
     mark = b"~{%d}\r\n" if binary and b"\x00" in data else b"{%d}\r\n"
     return label + b" " + mark % len(data), data
+
+
+def fetch_line_format(item_formats: list[bytes]) -> bytes:
+    """A %-format of FETCH lines: ``%d`` for the sequence number, then each item's format."""
+    return b"* %d FETCH (" + b" ".join(item_formats) + b")" + CRLF
 
 
 def fetch_response_parts(seq: int, items: list) -> list[bytes]:
