@@ -173,9 +173,10 @@ class ModseqLog:
         """Bring the state up to date with the open file ``fd``."""
         try:
             st = os.fstat(fd)
-            if st.st_ino == self._ino and st.st_size >= self._offset and self._same_file(fd):
-                if st.st_size > self._offset:
-                    self._read_lines(os.pread(fd, st.st_size - self._offset, self._offset))
+            if st.st_ino == self._ino and st.st_size == self._offset:
+                return
+            if st.st_ino == self._ino and st.st_size > self._offset and self._same_file(fd):
+                self._read_lines(os.pread(fd, st.st_size - self._offset, self._offset))
                 return
             data = _read_all(fd, st.st_size)
         except OSError as e:
