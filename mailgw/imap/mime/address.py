@@ -18,6 +18,8 @@ from mailgw.imap.wire.responses import MAX_QUOTED, Atom, encode, literal, string
 #: What an address lacks is filled in with these (Dovecot's placeholders).
 MISSING_MAILBOX = b"MISSING_MAILBOX"
 MISSING_DOMAIN = b"MISSING_DOMAIN"
+#: The route of ``<@host>`` (a route without its colon), as Dovecot fills it in.
+INVALID_ROUTE = b"INVALID_ROUTE"
 #: The domain of an address whose ``<`` is not closed (Dovecot's placeholder).
 SYNTAX_ERROR = b"SYNTAX_ERROR"
 
@@ -229,7 +231,11 @@ def addresses(value: bytes) -> list:
         return plain
     lexer = _Lexer(value)
     result: list = []
-    while lexer.peek()[0] not in ("end", "open-comment"):
+    while lexer.peek()[0] != "end":
+        if lexer.peek()[0] == "open-comment":  # after a comma it still counts as one
+            if result:
+                result.append([None, None, MISSING_MAILBOX, MISSING_DOMAIN])
+            break
         start, count = lexer.pos, len(result)
         more = _address(lexer, result)
         if lexer.pos == start:  # no address where one should start
@@ -329,7 +335,10 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
     if text == b"<":
         lexer.next()
         route = _route(lexer)
-        mailbox, domain = _addr_spec(lexer)
+        if route == INVALID_ROUTE:
+            mailbox, domain = MISSING_MAILBOX, MISSING_DOMAIN
+        else:
+            mailbox, domain = _addr_spec(lexer)
         if lexer.peek()[1] == b">":
             lexer.next()
         else:
@@ -345,12 +354,7 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
     del lexer.comments[:]
     local = _local(lexer)
     kind, text, _ = lexer.peek()
-    if (
-        words
-        and b" " in words
-        and kind not in ("end", "open-comment")
-        and text not in (b"@", b",", b";")
-    ):
+    if words and b" " in words and text != b"@":
         # Not an addr-spec after all: the words are a name without an address.
         result.append([_name(words), None, MISSING_MAILBOX, MISSING_DOMAIN])
         return
@@ -368,9 +372,9 @@ def _name(name: bytes | None) -> bytes | Atom | None:
 
 
 def _route(lexer: _Lexer) -> bytes | None:
+    """An obsolete source route (``@a,@b:``), INVALID_ROUTE without its colon, or None."""
     if lexer.peek()[1] != b"@":
         return None
-    start = lexer.pos
     hops = []
     while lexer.peek()[1] == b"@":
         lexer.next()
@@ -378,8 +382,7 @@ def _route(lexer: _Lexer) -> bytes | None:
         if lexer.peek()[1] == b",":
             lexer.next()
     if lexer.peek()[1] != b":":
-        lexer.pos = start
-        return None
+        return INVALID_ROUTE
     lexer.next()
     return b",".join(hops)
 
