@@ -263,6 +263,22 @@ def test_rfc2231_parameters_are_joined():
     ]
 
 
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        (b"; a*0=x; a*2=z", [b"a*0", b"x", b"a*2", b"z"]),  # a gap: pieces stay apart
+        (b"; a*0=50%; a*1*=%41", [b"a*", b"''50%25%41"]),  # plain first piece of an extended
+        (b"; b*0=x; b*1=y; c*=z", [b"b", b"xy", b"c*1*", b"z"]),  # Dovecot's numbering
+        (b'; broken="unclosed; next=1', []),
+        (b"; x=1 junk; y=2", [b"x", b"1", b"y", b"2"]),
+        (b"; x=1 (open comment; y=2", []),
+    ],
+)
+def test_parameters_are_read_as_dovecot_reads_them(params, expected):
+    data = b"Content-Type: application/x-test" + params + b"\r\n\r\nbody"
+    assert parse_message(data).body_structure(False)[2] == (expected or None)
+
+
 # -- BINARY --------------------------------------------------------------------------------
 
 

@@ -70,12 +70,12 @@ class Part:
         "end",
         "children",
         "message",
-        "digest",
+        "parent_kind",
         "__dict__",
     )
 
     def __init__(
-        self, data: bytes, start: int, fields_end: int, body_start: int, digest: bool
+        self, data: bytes, start: int, fields_end: int, body_start: int, parent_kind: bytes
     ) -> None:
         self.data = data
         self.start = start
@@ -86,8 +86,8 @@ class Part:
         self.end = len(data)
         self.children: list[Part] | None = None
         self.message: Part | None = None
-        #: A part of a multipart/digest: message/rfc822 unless it says otherwise.
-        self.digest = digest
+        #: The type/subtype of the multipart this is a part of, b"" for a message.
+        self.parent_kind = parent_kind
 
     @cached_property
     def fields(self) -> list[tuple[bytes, bytes]]:
@@ -113,7 +113,7 @@ class Part:
         parsed = content_type(value) if value is not None else None
         if parsed is not None:
             return parsed
-        if self.digest and value is None:
+        if self.parent_kind == b"multipart/digest" and value is None:
             return b"message", b"rfc822", []
         return b"text", b"plain", []
 
@@ -126,6 +126,20 @@ class Part:
     def body(self) -> bytes:
         """The body octets as stored (transfer-encoded)."""
         return self.data[self.body_start : self.end]
+
+    @property
+    def mime(self) -> bool:
+        """Do its Content-* fields count?  Always in a multipart; in a message only with
+        MIME-Version or Content-Type (else Dovecot's BODYSTRUCTURE ignores them)."""
+        return (
+            bool(self.parent_kind)
+            or b"mime-version" in self._first
+            or (b"content-type" in self._first)
+        )
+
+    def mime_header(self, name: bytes) -> bytes | None:
+        """``header(name)``, or None when the Content-* fields do not count (see ``mime``)."""
+        return self.header(name) if self.mime else None
 
     def encoding(self) -> bytes | None:
         """The Content-Transfer-Encoding token as written, or None."""
@@ -177,7 +191,7 @@ class _Parser:
         start: int,
         stack: list[bytes],
         depth: int,
-        digest: bool = False,
+        parent_kind: bytes = b"",
         fields: list[tuple[bytes, bytes]] | None = None,
     ):
         """Parse the entity at ``start``; return it and the boundary that ended it.
@@ -189,7 +203,7 @@ class _Parser:
         limit = self.boundary(start, stack, fields_end)
         if limit is not None:  # a boundary inside the header ends the part there
             fields_end = body_start = self.content_end(start, limit)
-        part = Part(data, start, fields_end, body_start, digest)
+        part = Part(data, start, fields_end, body_start, parent_kind)
         if fields is not None:
             part.fields = fields
         kind = part.kind()
@@ -224,7 +238,7 @@ class _Parser:
         inner = [*stack, boundary] if boundary else stack
         own = len(stack)
         stop = self.boundary(part.body_start, inner)
-        digest = part.kind() == b"multipart/digest"
+        kind = part.kind()
         floor = part.body_start
         child = None
         while stop is not None and stop[2] == own:
@@ -233,7 +247,7 @@ class _Parser:
                 floor = stop[1]
                 stop = self.boundary(floor, stack)
                 break
-            child, stop = self.entity(stop[1], inner, depth + 1, digest)
+            child, stop = self.entity(stop[1], inner, depth + 1, kind)
             part.children.append(child)
         # A part ended by an outer boundary ends where its last sub-part does.
         part.end = child.end if child is not None else self.content_end(floor, stop)
@@ -388,9 +402,9 @@ def _structure(part: Part, extended: bool) -> list:
         return _multipart(part, extended)
     major, minor, params = part.content_type
     out: list = [_text(major), _text(minor), _parameters(part, params)]
-    out.append(_text(part.header(b"content-id")))
-    out.append(_text(part.header(b"content-description")))
-    out.append(_text(part.encoding() or b"7bit"))
+    out.append(_text(part.mime_header(b"content-id")))
+    out.append(_text(part.mime_header(b"content-description")))
+    out.append(_text((part.encoding() if part.mime else None) or b"7bit"))
     out.append(part.end - part.body_start)
     lines = part.data.count(b"\n", part.body_start, part.end)
     if part.message is not None:
@@ -400,7 +414,7 @@ def _structure(part: Part, extended: bool) -> list:
     elif major.lower() == b"text":
         out.append(lines)
     if extended:
-        out.append(_text(part.header(b"content-md5")))
+        out.append(_text(part.mime_header(b"content-md5")))
         out.extend(_extension(part))
     return out
 
@@ -434,12 +448,12 @@ def _flat(params: list[tuple[bytes, bytes]]) -> list:
 
 def _extension(part: Part) -> list:
     """Disposition, language and location (the extension data after MD5)."""
-    value = part.header(b"content-disposition")
+    value = part.mime_header(b"content-disposition")
     if value is None:
         shown = None
     else:
         kind, params = disposition(value)
         shown = [_text(kind), _flat(params) or None]
-    value = part.header(b"content-language")
+    value = part.mime_header(b"content-language")
     languages = [_text(tag) for tag in language_tags(value)] if value is not None else []
-    return [shown, languages or None, _text(part.header(b"content-location"))]
+    return [shown, languages or None, _text(part.mime_header(b"content-location"))]

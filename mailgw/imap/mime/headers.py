@@ -15,7 +15,7 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 _TOKEN_CLASS = rb'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]+'
 _TOKEN = re.compile(_TOKEN_CLASS)
 _SPACE = re.compile(rb"[ \t\r\n]*")
-_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*\\?)"?', re.S)
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*\\?)("?)', re.S)
 _ESCAPED = re.compile(rb"\\(.)", re.S)
 #: A line and its LF (a lone CR is no line ending), or a last line without one.
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+")
@@ -115,6 +115,8 @@ class ValueReader:
     def __init__(self, value: bytes) -> None:
         self.value = value
         self.pos = 0
+        #: An unclosed comment was met (it runs to the end of the value).
+        self.broken = False
 
     def skip(self) -> None:
         """Skip blanks and (nested) comments."""
@@ -135,6 +137,7 @@ class ValueReader:
                     depth -= 1
                     if depth == 0:
                         break
+            self.broken = self.broken or depth > 0
 
     def token(self) -> bytes | None:
         """The next MIME token, or None."""
@@ -145,11 +148,13 @@ class ValueReader:
         self.pos = found.end()
         return found.group()
 
-    def quoted(self) -> bytes:
-        """The quoted string at the cursor (at its opening quote), unescaped; an unclosed
-        string runs to the end of the value."""
+    def quoted(self) -> bytes | None:
+        """The quoted string at the cursor (at its opening quote), unescaped; None (and the
+        cursor at the end) when it is not closed."""
         found = _QUOTED.match(self.value, self.pos)
         self.pos = found.end()
+        if not found.group(2):
+            return None
         inner = found.group(1)
         return _ESCAPED.sub(rb"\1", inner) if b"\\" in inner else inner
 
@@ -159,6 +164,16 @@ class ValueReader:
         if self.value.startswith(b'"', self.pos):
             return self.quoted()
         return self.token()
+
+    def at_end(self) -> bool:
+        """Is nothing but blanks and comments left?"""
+        self.skip()
+        return self.pos >= len(self.value)
+
+    def skip_to(self, char: bytes) -> None:
+        """Move to the next ``char`` (or the end)."""
+        found = self.value.find(char, self.pos)
+        self.pos = len(self.value) if found < 0 else found
 
     def take(self, char: bytes) -> bool:
         """Consume ``char`` if it comes next (after blanks and comments)."""
@@ -171,7 +186,8 @@ class ValueReader:
 
 def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
     """``(type, subtype, parameters)`` of a Content-Type value as written (case kept), or None
-    when it does not start with a type; a missing subtype is b"" (as Dovecot reads it)."""
+    when it is not ``type/subtype`` (or a lone ``type``, subtype b"") followed by nothing but
+    parameters: the rule Dovecot checks."""
     simple = _SIMPLE_CONTENT_TYPE.match(value)
     if simple is not None:
         params = _simple_parameters(value, simple.end())
@@ -181,7 +197,16 @@ def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]
     kind = reader.token()
     if kind is None:
         return None
-    subtype = (reader.token() if reader.take(b"/") else None) or b""
+    if reader.take(b"/"):
+        subtype = reader.token()
+        if subtype is None:
+            return None
+    elif reader.at_end():
+        return kind, b"", []
+    else:
+        return None
+    if not (reader.at_end() or reader.value.startswith(b";", reader.pos)):
+        return None
     return kind, subtype, parameters(reader)
 
 
@@ -208,50 +233,79 @@ def _simple_parameters(value: bytes, pos: int) -> list[tuple[bytes, bytes]] | No
 
 
 def leading_token(value: bytes) -> bytes | None:
-    """The token a value starts with (Content-Transfer-Encoding), or None."""
-    return ValueReader(value).token()
+    """The value's one token (Content-Transfer-Encoding), or None if there is anything else."""
+    reader = ValueReader(value)
+    token = reader.token()
+    return token if reader.at_end() else None
 
 
 def disposition(value: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """A Content-Disposition's type (b"" when missing, as Dovecot sends) and parameters."""
     reader = ValueReader(value)
     kind = reader.token()
+    if not (reader.at_end() or reader.value.startswith(b";", reader.pos)):
+        reader.skip_to(b";")
     return kind or b"", parameters(reader)
 
 
 def parameters(reader: ValueReader) -> list[tuple[bytes, bytes]]:
-    """The ``; name=value`` list at the cursor, RFC 2231 continuations merged.
+    """The ``; name=value`` list at the cursor, RFC 2231 pieces merged as Dovecot merges them.
 
     Names keep the message's spelling.  Plain parameters come first, in order; RFC 2231
-    ones (``name*``, ``name*0``, ``name*1*`` ...) follow sorted by name, each joined into one
-    value, under ``name*`` when any piece was extended (charset'language'%XX), else under
-    ``name`` (Dovecot's order)."""
+    ones (``name*``, ``name*0``, ``name*1*`` ...) follow sorted by name and number, each
+    name's pieces joined into one value under ``name*`` when any piece was extended
+    (charset'language'%XX; a plain first piece then gets ``''`` and plain pieces their ``%``
+    escaped), else under ``name``.  Pieces whose numbers do not run 0, 1, 2 ... stay apart
+    as ``name*N[*]``; a ``name*`` without number takes the number of the piece before it
+    (Dovecot's reading, which turns ``b*1=x; c*=y`` into ``c*1*``).  A damaged parameter is
+    dropped and the rest up to the next ``;`` passed over."""
     plain: list[tuple[bytes, bytes]] = []
-    pieces: dict[bytes, list[tuple[int, bool, bytes]]] = {}
-    spelling: dict[bytes, bytes] = {}
+    pieces: list[tuple[bytes, int, bool, bytes]] = []
+    number = 0
     while reader.take(b";"):
         name = reader.token()
-        if name is None or not reader.take(b"="):
-            break
-        value = reader.word()
-        if value is None:
-            break
+        value = reader.word() if name is not None and reader.take(b"=") else None
+        if not (reader.at_end() or reader.value.startswith(b";", reader.pos)):
+            reader.skip_to(b";")
+        if value is None or reader.broken:
+            continue
         star = name.find(b"*")
-        if star < 0:
+        found = _PIECE.fullmatch(name, star) if star >= 0 else None
+        if found is None:
             plain.append((name, value))
             continue
-        base, rest = name[:star], name[star + 1 :]
-        number = rest.rstrip(b"*") or b"0"
-        if number.isdigit():
-            key = base.lower()
-            spelling.setdefault(key, base)
-            extended = rest.endswith(b"*") or not rest
-            pieces.setdefault(key, []).append((int(number), extended, value))
-    for key in sorted(pieces):
-        parts = sorted(pieces[key])
-        name = spelling[key] + (b"*" if any(piece[1] for piece in parts) else b"")
-        plain.append((name, b"".join(piece[2] for piece in parts)))
+        lone = star + 1 == len(name)  # "name*": extended, numbered as the piece before
+        if not lone:
+            number = int(found.group(1) or b"0")
+        pieces.append((name[:star], number, lone or bool(found.group(2)), value))
+    pieces.sort(key=lambda piece: (piece[0], piece[1]))
+    start = 0
+    while start < len(pieces):
+        base = pieces[start][0].lower()
+        end = start + 1
+        while end < len(pieces) and pieces[end][0].lower() == base:
+            end += 1
+        plain.extend(_merged(pieces[start:end]))
+        start = end
     return plain
+
+
+#: The part of an RFC 2231 name from its star: ``*``, ``*N``, ``*N*`` (or ``**``).
+_PIECE = re.compile(rb"\*([0-9]*)(\*?)")
+
+
+def _merged(group: list[tuple[bytes, int, bool, bytes]]) -> list[tuple[bytes, bytes]]:
+    """One name's RFC 2231 pieces (sorted) as Dovecot writes them."""
+    if [piece[1] for piece in group] != list(range(len(group))):
+        return [
+            (b"%s*%d%s" % (base, number, b"*" if extended else b""), value)
+            for base, number, extended, value in group
+        ]
+    extended = any(piece[2] for piece in group)
+    value = b"''" if extended and not group[0][2] else b""
+    for _, _, piece_extended, piece in group:
+        value += piece.replace(b"%", b"%25") if extended and not piece_extended else piece
+    return [(group[0][0] + (b"*" if extended else b""), value)]
 
 
 def parameter(params: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
