@@ -175,6 +175,8 @@ def _ends_header(data: bytes) -> bool:
 class _Message:
     """One message's content as a batch's items need it, read and parsed once."""
 
+    __slots__ = ("data", "header", "_parsed")
+
     def __init__(self, folder, folder_path: str, info, reads: int) -> None:
         self.data = self.header = None
         if reads == WHOLE:
@@ -258,67 +260,87 @@ class _Flags(dict):
 
 
 def serialise(folder, rows: list, plan: Plan) -> tuple[list[bytes], list]:
-    """The ``* n FETCH`` lines of ``rows`` (``(seq, IMessageInfo, \\Recent here)``), as pieces to
-    write in order, after setting \\Seen if the plan says so; and the new IMessageInfos of the
-    messages whose flags this changed.  Blocking when it reads files or changes flags (it then
-    runs in a thread)."""
+    """The ``* n FETCH`` lines of ``rows`` (``(seq, IMessageInfo, \\Recent here)``), as writes
+    of about CHUNK octets each (a larger literal goes alone, uncopied), after setting \\Seen if
+    the plan says so; and the new IMessageInfos of the messages whose flags this changed.
+    Blocking when it reads files or changes flags (it then runs in a thread)."""
     flag_items = _Flags()
     recent_files = [info.uid for _, info, _ in rows if info.recent]
     if plan.reads == NOTHING and not plan.sets_seen:
         formats = [_METADATA_FORMATS[a.name] for a in plan.attributes]
         line = r.fetch_line_format([form for form, _ in formats])
         getters = [get for _, get in formats]
-        pieces = [
-            line % (seq, *[get(info, flag_items[info.flags, recent]) for get in getters])
-            for seq, info, recent in rows
+        writes = [
+            b"".join(
+                [
+                    line % (seq, *[get(info, flag_items[info.flags, recent]) for get in getters])
+                    for seq, info, recent in rows
+                ]
+            )
         ]
         changed = []
     else:
-        pieces, changed = _general(folder, rows, plan, flag_items)
+        writes, changed = _general(folder, rows, plan, flag_items)
     if recent_files:
         folder.mark_seen_by_client(recent_files)
-    return pieces, changed
+    return writes, changed
 
 
 def _general(folder, rows: list, plan: Plan, flag_items: _Flags) -> tuple[list, list]:
-    """``serialise`` for items that read the message or set \\Seen: (pieces, changed)."""
+    """``serialise`` for items that read the message or set \\Seen: (writes, changed)."""
     folder_path = str(folder.path)
     makers = [_maker(attribute) for attribute in plan.attributes]
+    sets_seen, reads = plan.sets_seen, plan.reads
     changed = []
-    pieces: list[bytes] = []
+    writes: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
     for seq, info, recent in rows:
         try:
-            if plan.sets_seen and SEEN not in info.flags:
+            if sets_seen and SEEN not in info.flags:
                 current = folder.get(info.uid)
                 if SEEN not in current.flags:
                     current = folder.set_flags(info.uid, current.flags | {SEEN})
                     changed.append(current)
                 info = current
-            message = None
-            if plan.reads != NOTHING:
-                message = _Message(folder, folder_path, info, plan.reads)
+            message = _Message(folder, folder_path, info, reads) if reads else None
         except NoSuchMessage:
             continue
         flags = flag_items[info.flags, recent]
-        pieces.extend(r.fetch_response_parts(seq, [make(info, flags, message) for make in makers]))
-    return pieces, changed
+        parts = r.fetch_response_parts(seq, [make(info, flags, message) for make in makers])
+        length = sum(map(len, parts))
+        if length >= CHUNK:  # its literal is written as it is, not copied into a group
+            if group:
+                writes.append(b"".join(group))
+                group, size = [], 0
+            writes += parts
+            continue
+        group += parts
+        size += length
+        if size >= CHUNK:
+            writes.append(b"".join(group))
+            group, size = [], 0
+    if group:
+        writes.append(b"".join(group))
+    return writes, changed
 
 
 def batches(rows: list, plan: Plan) -> list[list]:
     """``rows`` cut into batches: of metadata, about CHUNK octets of response; of messages
-    read, about BODY_CHUNKS * CHUNK octets of data and at most BATCH_MESSAGES messages."""
-    out: list[list] = []
-    batch: list = []
-    size = 0
+    read, about BODY_CHUNKS * CHUNK octets of data (the first only CHUNK, so that the first
+    octets leave soon) and at most BATCH_MESSAGES messages."""
     if plan.reads == NOTHING:
         step = max(1, CHUNK // 64)
         return [rows[start : start + step] for start in range(0, len(rows), step)]
+    out: list[list] = []
+    batch: list = []
+    size, limit = 0, CHUNK
     for row in rows:
         batch.append(row)
         size += row[1].size if plan.reads == WHOLE else 2048
-        if size >= BODY_CHUNKS * CHUNK or len(batch) >= BATCH_MESSAGES:
+        if size >= limit or len(batch) >= BATCH_MESSAGES:
             out.append(batch)
-            batch, size = [], 0
+            batch, size, limit = [], 0, BODY_CHUNKS * CHUNK
     if batch:
         out.append(batch)
     return out
@@ -396,11 +418,12 @@ async def fetch(session, command: c.Fetch) -> Reply:
     pending: Deferred | None = _begin(folder, work[0], plan)
     try:
         for index in range(len(work)):
-            pieces, changed = await pending
+            writes, changed = await pending
             view.apply_flags(changed)
-            session.send_pieces(pieces)
             pending = _begin(folder, work[index + 1], plan) if index + 1 < len(work) else None
-            await drain.drained()
+            for data in writes:
+                session.send(data)
+                await drain.drained()
     except UnknownTransferEncoding:
         return no(b"[UNKNOWN-CTE] A part has a transfer encoding that cannot be decoded")
     finally:

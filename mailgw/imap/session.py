@@ -226,10 +226,6 @@ class IMAPSession(Protocol, TimeoutMixin):
         """Write serialised responses (``wire.responses``)."""
         self.transport.write(data)
 
-    def send_pieces(self, pieces: list[bytes]) -> None:
-        """Write serialised responses given in pieces (no copy made here)."""
-        self.transport.writeSequence(pieces)
-
     # -- input ----------------------------------------------------------------------------
 
     def _literal_limit(self, first_line: bytes) -> int:
