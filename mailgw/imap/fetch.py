@@ -37,9 +37,10 @@ from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import responses as r
 from mailgw.store.interfaces import NoSuchMessage
 
-#: About this many octets of message data go into one batch (a larger message goes alone).
+#: Responses are written in pieces of about this many octets (a larger literal goes alone);
+#: a batch of metadata is about one CHUNK of response.
 CHUNK = 256 * 1024
-#: A batch of messages read holds about this many CHUNKs (fewer thread hops per octet).
+#: A batch of messages read holds about this many CHUNKs of their data (fewer thread hops).
 BODY_CHUNKS = 4
 #: The most messages in one batch.
 BATCH_MESSAGES = 500

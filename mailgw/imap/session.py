@@ -298,11 +298,13 @@ class IMAPSession(Protocol, TimeoutMixin):
         if event.reason == "line too long":
             self.send(r.status_line(None, b"BAD", b"[TOOBIG] Command line too long"))
             self.send(r.status_line(None, b"BYE", b"Closing connection"))
+            self.tracked.closing("command line too long")
             self.close_connection()
             return
         text = b"[TOOBIG] " + event.reason.encode("ascii").capitalize()
         if event.fatal:
             self.send(r.status_line(None, b"BYE", text))
+            self.tracked.closing(event.reason)
             self.close_connection()
             return
         self._tagged(_tag_of(event.data_so_far), bad(text))
@@ -364,6 +366,7 @@ class IMAPSession(Protocol, TimeoutMixin):
             self._errors += 1
             if self._errors >= self.context.limits.session_errors and not self.closing:
                 self.send(r.status_line(None, b"BYE", b"Too many invalid commands"))
+                self.tracked.closing("too many invalid commands")
                 self.close_connection()
 
     # -- the selected mailbox -------------------------------------------------------------
