@@ -336,8 +336,7 @@ class ParsedMessage:
             return self.data[node.start : node.body_start]
         if text not in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
             return b""
-        header = self.data[node.start : node.body_start]
-        ended = not header.strip(b"\r") or header.endswith(b"\n")
+        ended = node.body_start > node.fields_end or node.body_start == node.start
         return select_fields(node.fields, section.fields, text == "HEADER.FIELDS.NOT", ended)
 
     def binary(self, part: tuple[int, ...]) -> bytes:

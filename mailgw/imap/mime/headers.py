@@ -96,14 +96,17 @@ def select_fields(
     fields: list[tuple[bytes, bytes]], names, negate: bool, ended: bool = True
 ) -> bytes:
     """The fields named (or with ``negate``, not named) in ``names`` (any case, bytes or str),
-    as stored and in stored order, then the empty line if the header had one (``ended``):
-    BODY[HEADER.FIELDS ...]."""
+    as stored and in stored order, then the empty line (BODY[HEADER.FIELDS[.NOT] ...]).
+
+    As Dovecot: HEADER.FIELDS gives each field it picks the line ending it lacks, and always
+    the empty line; HEADER.FIELDS.NOT copies the fields and gives the empty line only if the
+    header had one (``ended``)."""
     wanted = {n.encode("ascii", "replace") if isinstance(n, str) else n for n in names}
     wanted = {n.lower() for n in wanted}
     kept = [raw for name, raw in fields if (name in wanted) != negate]
-    if not negate:  # Dovecot ends each field it picks, not those it leaves
-        kept = [raw if raw.endswith(b"\n") else raw + b"\r\n" for raw in kept]
-    return b"".join(kept) + (b"\r\n" if ended else b"")
+    if negate:
+        return b"".join(kept) + (b"\r\n" if ended else b"")
+    return b"".join(raw if raw.endswith(b"\n") else raw + b"\r\n" for raw in kept) + b"\r\n"
 
 
 # -- structured values (RFC 2045 Content-Type and friends) --------------------------------
