@@ -148,8 +148,8 @@ class Part:
 
 
 class _Parser:
-    """Finds the parts of one message, boundaries matched as Dovecot does (innermost first,
-    by prefix), each boundary's preceding line ending belonging to the boundary."""
+    """Finds the parts of one message, boundaries matched as Dovecot does (by prefix, the
+    longest, then the innermost), each boundary's preceding line ending belonging to it."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -159,18 +159,29 @@ class _Parser:
         self, pos: int, stack: list[bytes], before: int | None = None
     ) -> tuple[int, int, int, bool] | None:
         """The next boundary line of ``stack`` from ``pos`` (starting before ``before``):
-        (line start, next line start, index in stack, closing?)."""
+        (line start, next line start, index in stack, closing?).
+
+        As Dovecot: a line is a boundary if it starts with ``--`` and one of the boundaries;
+        of several, the longest, then the innermost; an empty boundary needs more on the
+        line."""
         if not stack:
             return None
         data = self.data
         for found in _DASHES_AT_LINE_START.finditer(data, pos, before or len(data)):
             at = found.end()
+            best = -1
             for index in range(len(stack) - 1, -1, -1):
-                if data.startswith(stack[index], at):
-                    after = at + len(stack[index])
-                    newline = data.find(b"\n", after)
-                    line_end = len(data) if newline < 0 else newline + 1
-                    return found.start(), line_end, index, data.startswith(b"--", after)
+                candidate = stack[index]
+                if (best < 0 or len(candidate) > len(stack[best])) and data.startswith(
+                    candidate, at
+                ):
+                    if candidate or data[at : at + 1] not in (b"", b"\r", b"\n"):
+                        best = index
+            if best >= 0:
+                after = at + len(stack[best])
+                newline = data.find(b"\n", after)
+                line_end = len(data) if newline < 0 else newline + 1
+                return found.start(), line_end, best, data.startswith(b"--", after)
         return None
 
     def content_end(self, floor: int, stop: tuple | None) -> int:
@@ -232,10 +243,11 @@ class _Parser:
         return part, stop
 
     def multipart(self, part: Part, stack: list[bytes], depth: int):
-        """Parse a multipart's parts (none without a boundary parameter)."""
+        """Parse a multipart's parts (none without a boundary parameter; an empty boundary
+        matches any ``--`` line with more on it, as with Dovecot)."""
         part.children = []
         boundary = parameter(part.content_type[2], b"boundary")
-        inner = [*stack, boundary] if boundary else stack
+        inner = stack if boundary is None else [*stack, boundary]
         own = len(stack)
         stop = self.boundary(part.body_start, inner)
         kind = part.kind()

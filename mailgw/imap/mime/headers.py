@@ -267,7 +267,7 @@ def parameters(reader: ValueReader) -> list[tuple[bytes, bytes]]:
     number = 0
     while reader.take(b";"):
         name = reader.token()
-        value = reader.word() if name is not None and reader.take(b"=") else None
+        value = _value(reader) if name is not None and reader.take(b"=") else None
         if not (reader.at_end() or reader.value.startswith(b";", reader.pos)):
             reader.skip_to(b";")
         if value is None or reader.broken:
@@ -291,6 +291,14 @@ def parameters(reader: ValueReader) -> list[tuple[bytes, bytes]]:
         plain.extend(_merged(pieces[start:end]))
         start = end
     return plain
+
+
+def _value(reader: ValueReader) -> bytes | None:
+    """A parameter value: a token, a quoted string (None if unclosed), or b"" (Dovecot)."""
+    reader.skip()
+    if reader.value.startswith(b'"', reader.pos):
+        return reader.quoted()
+    return reader.token() or b""
 
 
 #: The part of an RFC 2231 name from its star: ``*``, ``*N``, ``*N*`` (or ``**``).
