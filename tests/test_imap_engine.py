@@ -8,6 +8,7 @@ import base64
 import imaplib
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,28 @@ def test_binary_of_an_unknown_encoding_is_unknown_cte(port, inbox):
     typ, data = client._simple_command("FETCH", "1", "(BINARY.PEEK[1])")
     assert typ == "NO" and b"[UNKNOWN-CTE]" in data[-1]
     client.logout()
+
+
+def test_idle_sees_what_another_program_does_to_the_maildir(server, port, inbox):
+    """A flag set by renaming the file and a message written into new/ by another program (a
+    mail reader, a delivery agent) reach an IDLE session within a few seconds."""
+    inbox.append(message("on disk"))
+    sock = raw_session(port)
+    send(sock, b"s SELECT INBOX", b"s")
+    sock.sendall(b"i IDLE\r\n")
+    assert read_until(sock, b"+").startswith(b"+ ")
+    maildir = server.store.user_dir(ALICE)
+    while any((maildir / "new").iterdir()):  # SELECT's \\Recent claim moves it to cur/
+        time.sleep(0.01)
+    time.sleep(0.05)  # the store sees a change by a directory's mtime: let the clock tick on
+    [path] = (maildir / "cur").iterdir()
+    path.rename(maildir / "cur" / (path.name.split(":2,")[0] + ":2,F"))
+    (maildir / "new" / "1700000000.M1P1.elsewhere").write_bytes(message("dropped in"))
+    sock.settimeout(2 * session.IDLE_CHECK_INTERVAL + 3)
+    seen = b""
+    while b"EXISTS\r\n" not in seen:
+        seen += sock.recv(65536)
+    assert b"* 1 FETCH (FLAGS (\\Flagged" in seen and b"* 2 EXISTS\r\n" in seen
+    sock.sendall(b"DONE\r\n")
+    assert last_line(read_until(sock, b"i ")) == b"i OK IDLE terminated"
+    sock.close()

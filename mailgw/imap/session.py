@@ -30,7 +30,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -49,6 +49,9 @@ from mailgw.sessions import TrackedSession
 _log = Logger()
 
 GREETING = b"mailgw IMAP4rev1 ready"
+#: Seconds between rescans of the folder in IDLE, for changes other programs make (the
+#: store tells of this process's own at once).  A rescan of an unchanged folder is two stats.
+IDLE_CHECK_INTERVAL = 2.0
 
 #: Commands valid in every state.
 _ANY = {c.Capability: auth.capability, c.Noop: auth.noop, c.Logout: auth.logout, c.Id: auth.id_}
@@ -408,13 +411,26 @@ class IMAPSession(Protocol, TimeoutMixin):
             self.report_changes(allow_expunge=True)
 
     async def idle_until_done(self) -> bytes:
-        """IDLE: report changes as they happen until the client's next line (returned)."""
+        """IDLE: report changes as they happen until the client's next line (returned): those
+        of other sessions at once, those of other programs (found by rescanning the folder
+        every IDLE_CHECK_INTERVAL seconds) soon."""
         self._idling = True
+        check = LoopingCall(self._check_folder)
+        if self.mailbox is not None:
+            check.start(IDLE_CHECK_INTERVAL, now=False)
         try:
             self.report_changes(allow_expunge=True)
             return await self.read_line()
         finally:
             self._idling = False
+            if check.running:
+                check.stop()
+
+    def _check_folder(self) -> Deferred | None:
+        if self.mailbox is None or self.closing:
+            return None
+        d = self.mailbox.refresh().addCallback(lambda _: self.changes_pending())
+        return d.addErrback(lambda failure: _log.failure("IDLE could not rescan", failure))
 
     # -- fault injection (mailgw.testing; context.faults is None in production) -------------
 

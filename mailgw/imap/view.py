@@ -67,6 +67,8 @@ class FolderView:
         here."""
         #: The snapshot whose list and dict the view still shares, None once it has its own.
         self._snapshot: Snapshot | None = snapshot
+        #: The snapshot ``reconcile`` last compared the view with.
+        self._reconciled: Snapshot | None = None
         self._uids: list[int] = snapshot.uids
         self._infos: dict = snapshot.by_uid
         self._recent: set[int] = set(recent)
@@ -237,12 +239,14 @@ class FolderView:
 
     def reconcile(self, snapshot: Snapshot) -> None:
         """Compare with a fresh snapshot of the folder and note every difference; nothing to
-        do if it is the very snapshot the view still shares.
+        do if it is the very snapshot the view still shares or was last compared with (the
+        folder did not change since: IDLE polls cost nothing then).
 
         The store hands out the same IMessageInfo object for a message until it changes, so
         only the entries that are not the view's own objects are looked at closely."""
-        if snapshot is self._snapshot:
+        if snapshot is self._snapshot or snapshot is self._reconciled:
             return
+        self._reconciled = snapshot
         infos = snapshot.infos
         known = self._infos
         differing = [info for info in infos if known.get(info.uid) is not info]
