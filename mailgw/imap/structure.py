@@ -71,6 +71,7 @@ class Part:
         "children",
         "message",
         "parent_kind",
+        "header_cut",
         "__dict__",
     )
 
@@ -88,6 +89,8 @@ class Part:
         self.message: Part | None = None
         #: The type/subtype of the multipart this is a part of, b"" for a message.
         self.parent_kind = parent_kind
+        #: A boundary line came before the end of the header (it ends the part there).
+        self.header_cut = False
 
     @cached_property
     def fields(self) -> list[tuple[bytes, bytes]]:
@@ -215,6 +218,7 @@ class _Parser:
         if limit is not None:  # a boundary inside the header ends the part there
             fields_end = body_start = self.content_end(start, limit)
         part = Part(data, start, fields_end, body_start, parent_kind)
+        part.header_cut = limit is not None
         if fields is not None:
             part.fields = fields
         kind = part.kind()
@@ -236,7 +240,10 @@ class _Parser:
             return self.multipart(part, stack, depth)
         elif container:
             part.message, stop = self.entity(body_start, stack, depth + 1)
-            part.end = part.message.end
+            inner = part.message
+            # A message whose header a boundary cuts keeps its last line ending inside the
+            # part, though not in its own header (as Dovecot counts them).
+            part.end = stop[0] if inner.header_cut and stop is not None else inner.end
             return part, stop
         stop = limit or self.boundary(body_start, stack)
         part.end = self.content_end(body_start, stop)
