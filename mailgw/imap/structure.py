@@ -356,7 +356,8 @@ class ParsedMessage:
         if text not in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
             return b""
         ended = node.body_start > node.fields_end or node.body_start == node.start
-        return select_fields(node.fields, section.fields, text == "HEADER.FIELDS.NOT", ended)
+        negate = text == "HEADER.FIELDS.NOT"
+        return select_fields(node.fields, section.fields, negate, ended, node.header_cut)
 
     def binary(self, part: tuple[int, ...]) -> bytes:
         """The part's content with its Content-Transfer-Encoding undone (RFC 3516); a part
@@ -373,7 +374,8 @@ class ParsedMessage:
 
     def _binary_body(self, node: Part) -> bytes:
         if node.message is not None:
-            return self._binary_entity(node.message)
+            inner = node.message
+            return self._binary_entity(inner) + self.data[inner.end : node.end]
         if node.children is None:
             encoding = node.encoding()
             return node.body if encoding is None else decode(encoding, node.body)

@@ -93,21 +93,22 @@ def field_value(raw: bytes) -> bytes:
 
 
 def select_fields(
-    fields: list[tuple[bytes, bytes]], names, negate: bool, ended: bool = True
+    fields: list[tuple[bytes, bytes]], names, negate: bool, ended: bool = True, cut: bool = False
 ) -> bytes:
     """The fields named (or with ``negate``, not named) in ``names`` (any case, bytes or str),
     as stored and in stored order, then the empty line (BODY[HEADER.FIELDS[.NOT] ...]).
 
     As Dovecot: HEADER.FIELDS gives each field it picks the line ending it lacks, and the
     empty line unless it picked a last line the header stops in the middle of (Dovecot is
-    not consistent there: from its cache it sometimes adds it); HEADER.FIELDS.NOT copies
-    the fields and gives the empty line only if the header had one (``ended``)."""
+    not consistent there: from its cache it sometimes adds it) or a boundary ``cut`` the
+    header; HEADER.FIELDS.NOT copies the fields and gives the empty line only if the header
+    had one (``ended``)."""
     wanted = {n.encode("ascii", "replace") if isinstance(n, str) else n for n in names}
     wanted = {n.lower() for n in wanted}
     kept = [raw for name, raw in fields if (name in wanted) != negate]
     if negate:
         return b"".join(kept) + (b"\r\n" if ended else b"")
-    cut = bool(kept) and kept[-1] is fields[-1][1] and not kept[-1].endswith(b"\n")
+    cut = cut or bool(kept) and kept[-1] is fields[-1][1] and not kept[-1].endswith(b"\n")
     kept = [raw if raw.endswith(b"\n") else raw + b"\r\n" for raw in kept]
     return b"".join(kept) + (b"" if cut else b"\r\n")
 
