@@ -298,11 +298,21 @@ def parameters(reader: ValueReader) -> list[tuple[bytes, bytes]]:
 
 
 def _value(reader: ValueReader) -> bytes | None:
-    """A parameter value: a token, a quoted string (None if unclosed), or b"" (Dovecot)."""
+    """A parameter value: a token, a quoted string (None if unclosed), or b"".  A value
+    starting with ``=`` (an unquoted encoded-word, ``name==?utf-8?...``) runs to the next
+    ``;`` or blank, as Dovecot reads it."""
     reader.skip()
-    if reader.value.startswith(b'"', reader.pos):
+    value = reader.value
+    if value.startswith(b'"', reader.pos):
         return reader.quoted()
+    if value.startswith(b"=", reader.pos):
+        found = _UNQUOTED_WORD.match(value, reader.pos)
+        reader.pos = found.end()
+        return found.group()
     return reader.token() or b""
+
+
+_UNQUOTED_WORD = re.compile(rb"[^; \t\r\n]*")
 
 
 #: The part of an RFC 2231 name from its star: ``*``, ``*N``, ``*N*`` (or ``**``).
