@@ -164,9 +164,8 @@ class _Parser:
         """The next boundary line of ``stack`` from ``pos`` (starting before ``before``):
         (line start, next line start, index in stack, closing?).
 
-        As Dovecot: a line is a boundary if it starts with ``--`` and one of the boundaries;
-        of several, the longest, then the innermost; an empty boundary needs more on the
-        line."""
+        As Dovecot: a line is a boundary if it starts with ``--`` and one of the boundaries
+        (an empty one too); of several, the longest, then the innermost."""
         if not stack:
             return None
         data = self.data
@@ -178,8 +177,7 @@ class _Parser:
                 if (best < 0 or len(candidate) > len(stack[best])) and data.startswith(
                     candidate, at
                 ):
-                    if candidate or data[at : at + 1] not in (b"", b"\r", b"\n"):
-                        best = index
+                    best = index
             if best >= 0:
                 after = at + len(stack[best])
                 newline = data.find(b"\n", after)
@@ -251,7 +249,7 @@ class _Parser:
 
     def multipart(self, part: Part, stack: list[bytes], depth: int):
         """Parse a multipart's parts (none without a boundary parameter; an empty boundary
-        matches any ``--`` line with more on it, as with Dovecot)."""
+        matches any ``--`` line, as with Dovecot)."""
         part.children = []
         boundary = parameter(part.content_type[2], b"boundary")
         inner = stack if boundary is None else [*stack, boundary]
