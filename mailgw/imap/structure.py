@@ -266,8 +266,12 @@ class _Parser:
                 break
             child, stop = self.entity(stop[1], inner, depth + 1, kind)
             part.children.append(child)
-        # A part ended by an outer boundary ends where its last sub-part does.
-        part.end = child.end if child is not None else self.content_end(floor, stop)
+        # A part ended by an outer boundary ends where its last sub-part does (with the line
+        # ending a cut header leaves, as for message/rfc822 below).
+        if child is None:
+            part.end = self.content_end(floor, stop)
+        else:
+            part.end = stop[0] if child.header_cut and stop is not None else child.end
         return part, stop
 
 

@@ -51,8 +51,11 @@ def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
     fields: list[tuple[bytes, bytes]] = []
     current: list[bytes] = []
     for line in _LINE.findall(block):
-        if line[:1] in (b" ", b"\t") and current:
-            current.append(line)
+        if line[:1] in (b" ", b"\t"):
+            if current:
+                current.append(line)
+            else:  # a continuation of nothing: a field without a name
+                fields.append((b"", line))
             continue
         if line in (b"\r\n", b"\n"):
             break
@@ -272,10 +275,13 @@ def parameters(reader: ValueReader) -> list[tuple[bytes, bytes]]:
     while reader.take(b";"):
         name = reader.token()
         value = _value(reader) if name is not None and reader.take(b"=") else None
-        if not (reader.at_end() or reader.value.startswith(b";", reader.pos)):
+        ended = reader.at_end() or reader.value.startswith(b";", reader.pos)
+        if value is None or reader.broken:  # Dovecot gives up here and looks further on
+            reader.pos += 1
             reader.skip_to(b";")
-        if value is None or reader.broken:
             continue
+        if not ended:
+            reader.skip_to(b";")
         star = name.find(b"*")
         found = _PIECE.fullmatch(name, star) if star >= 0 else None
         if found is None:
