@@ -273,8 +273,8 @@ def parameters(reader: ValueReader) -> list[tuple[bytes, bytes]]:
     pieces: list[tuple[bytes, int, bool, bytes]] = []
     number = 0
     while reader.take(b";"):
-        name = reader.token()
-        value = _value(reader) if name is not None and reader.take(b"=") else None
+        name = reader.token() or b""  # Dovecot takes an empty name too
+        value = _value(reader) if reader.take(b"=") else None
         ended = reader.at_end() or reader.value.startswith(b";", reader.pos)
         if value is None or reader.broken:  # Dovecot gives up here and looks further on
             reader.pos += 1
