@@ -4,10 +4,13 @@ Pure and without I/O: ``parse_message`` takes the octets as stored and finds the
 and multipart boundaries by offset, once, on first need; sections are slices of those
 octets.  Malformed MIME never raises: a missing boundary makes a part run to the end, a
 multipart with no parts gets one empty text/plain part, nesting past ``MAX_DEPTH`` leaves
-the deeper part unparsed.  What is sent follows Debian's Dovecot 2.3 where RFC 3501 leaves
-a choice (types and parameter names as the message has them, ``charset`` defaulted to
-us-ascii on text parts, line counts of text and message/rfc822 parts, a list for
-Content-Language); ``tests/test_imap_structure_dovecot.py`` compares the two.
+the deeper part unparsed.  What is sent is what Debian's Dovecot 2.3 sends, broken input
+included (boundaries, parameters, addresses and sizes read its way; types and parameter
+names as the message has them, ``charset`` defaulted to us-ascii on text parts, Content-*
+fields ignored in a message without MIME-Version or Content-Type), with two differences
+on purpose: an unparseable Content-Type is text/plain (RFC 2045 5.2; Dovecot sends type
+"" subtype ""), and BINARY decodes damaged base64 or quoted-printable as far as it goes
+(Dovecot refuses with [PARSE]).  ``tests/test_imap_structure_dovecot.py`` compares the two.
 """
 
 from __future__ import annotations
