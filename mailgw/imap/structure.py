@@ -225,19 +225,17 @@ class _Parser:
         kind = part.kind()
         if limit is None and stack and body_start > fields_end:
             # An outer boundary right after the empty line takes it as its line ending.
-            own = (
-                parameter(part.content_type[2], b"boundary") if kind[:10] == b"multipart/" else None
-            )
+            own = parameter(part.content_type[2], b"boundary") if _is_multipart(kind) else None
             limit = self.boundary(body_start, [*stack, own] if own else stack, body_start + 2)
             if limit is not None and limit[2] < len(stack):
                 part.body_start = body_start = fields_end
             else:
                 limit = None
-        container = kind.startswith(b"multipart/") or kind == b"message/rfc822"
+        container = _is_multipart(kind) or kind == b"message/rfc822"
         if container and (depth + 1 >= MAX_DEPTH or self.count >= MAX_PARTS):
             # Too deep or too many: a leaf of unknown content, as Dovecot shows it.
             part.content_type = (b"application", b"octet-stream", part.content_type[2])
-        elif kind.startswith(b"multipart/"):
+        elif _is_multipart(kind):
             return self.multipart(part, stack, depth)
         elif container:
             part.message, stop = self.entity(body_start, stack, depth + 1)
@@ -276,6 +274,11 @@ class _Parser:
         else:
             part.end = stop[0] if child.header_cut and stop is not None else child.end
         return part, stop
+
+
+def _is_multipart(kind: bytes) -> bool:
+    """multipart/<something>: a lone ``multipart`` type is no multipart (as for Dovecot)."""
+    return kind.startswith(b"multipart/") and len(kind) > 10
 
 
 class ParsedMessage:

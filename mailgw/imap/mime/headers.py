@@ -197,7 +197,7 @@ class ValueReader:
 def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
     """``(type, subtype, parameters)`` of a Content-Type value as written (case kept), or None
     when it is not ``type/subtype`` (or a lone ``type``, subtype b"") followed by nothing but
-    parameters: the rule Dovecot checks."""
+    parameters (an unclosed comment spoils it): the rule Dovecot checks."""
     simple = _SIMPLE_CONTENT_TYPE.match(value)
     if simple is not None:
         params = _simple_parameters(value, simple.end())
@@ -211,11 +211,12 @@ def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]
         subtype = reader.token()
         if subtype is None:
             return None
-    elif reader.at_end():
+    elif reader.at_end() and not reader.broken:
         return kind, b"", []
     else:
         return None
-    if not (reader.at_end() or reader.value.startswith(b";", reader.pos)):
+    ended = reader.at_end() or reader.value.startswith(b";", reader.pos)
+    if reader.broken or not ended:
         return None
     return kind, subtype, parameters(reader)
 
