@@ -212,6 +212,8 @@ def test_select_and_fetch_bodies_byte_exact_through_compression(imap, tls):
     for data in messages:
         inbox.append(data)
     client = compressed_session(imap.tls_port if tls else imap.port, tls)
+    # The session still sees TLS through compression: no STARTTLS offered inside it.
+    assert (b" STARTTLS" in client.command(b"CAPABILITY")) is not tls
     assert b"* 300 EXISTS" in client.command(b"SELECT INBOX")
     before = client.received
     reply = client.command(b"FETCH 1:300 (BODY.PEEK[])")
