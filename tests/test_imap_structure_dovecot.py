@@ -70,6 +70,8 @@ _BAD_BASE64 = (
 EXPECTED_DIFFERENCES = {
     ("malformed_ct.eml", "BODYSTRUCTURE"): _MALFORMED_TYPE,
     ("malformed_ct.eml", "BODY"): _MALFORMED_TYPE,
+    ("content_type_comments.eml", "BODYSTRUCTURE"): _MALFORMED_TYPE,
+    ("content_type_comments.eml", "BODY"): _MALFORMED_TYPE,
     ("params_odd.eml", "BINARY.PEEK[]"): _BAD_BASE64,
     ("params_odd.eml", "BINARY.SIZE[]"): _BAD_BASE64,
     ("params_odd.eml", "BINARY.PEEK[1]"): _BAD_BASE64,

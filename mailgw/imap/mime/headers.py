@@ -197,7 +197,8 @@ class ValueReader:
 def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
     """``(type, subtype, parameters)`` of a Content-Type value as written (case kept), or None
     when it is not ``type/subtype`` (or a lone ``type``, subtype b"") followed by nothing but
-    parameters (an unclosed comment spoils it): the rule Dovecot checks."""
+    parameters (an unclosed comment after the subtype spoils it): the rule Dovecot
+    checks."""
     simple = _SIMPLE_CONTENT_TYPE.match(value)
     if simple is not None:
         params = _simple_parameters(value, simple.end())
@@ -211,7 +212,7 @@ def content_type(value: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]
         subtype = reader.token()
         if subtype is None:
             return None
-    elif reader.at_end() and not reader.broken:
+    elif reader.at_end():  # (an unclosed comment after a lone type does no harm)
         return kind, b"", []
     else:
         return None
