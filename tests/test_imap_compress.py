@@ -227,7 +227,7 @@ def test_append_literal_through_compression(imap):
     """APPEND with a synchronising literal: the + and the OK come compressed, the message is
     stored as sent."""
     client = compressed_session(imap.port)
-    data = message(7)
+    data = message(7) * 30  # 300 KB: several of the server's inflate steps
     client.send(b"a APPEND INBOX {%d}\r\n" % len(data))
     assert client.read_line().startswith(b"+ ")
     client.send(data + b"\r\n")
@@ -251,11 +251,18 @@ def test_idle_through_compression(imap):
 
 
 def test_pipelined_commands_in_one_compressed_burst_all_answered(imap):
-    """2,000 NOOPs compressed into one small burst are all answered, in order."""
+    """5,000 pipelined FETCHes (200 KB, several of the server's inflate steps, each FETCH
+    waiting for a disk read while the rest stays compressed) in one small compressed burst:
+    all answered, in order."""
+    imap.store.folder(ALICE).append(message(1))
     client = compressed_session(imap.port)
-    client.send(b"".join(b"n%d NOOP\r\n" % i for i in range(2000)))
-    for i in range(2000):
-        assert client.read_line() == b"n%d OK NOOP completed\r\n" % i
+    client.command(b"SELECT INBOX")
+    count = 5000
+    client.send(b"".join(b"f%d FETCH 1 (BODY.PEEK[HEADER])\r\n" % i for i in range(count)))
+    for i in range(count):
+        reply = client.read_until(b"f%d" % i)
+        assert reply.startswith(b"* 1 FETCH (BODY[HEADER] {")
+        assert reply.endswith(b"f%d OK FETCH completed\r\n" % i)
 
 
 def test_compress_twice_is_no_compressionactive(imap):
