@@ -307,6 +307,18 @@ def test_corrupt_stream_is_bye_and_close_and_server_goes_on(imap, failures):
     assert failures == []
 
 
+def test_data_after_the_clients_stream_ended_is_bye(imap, failures):
+    """A command in the block that ends the client's stream is answered; anything sent after
+    the end is BYE and close."""
+    client = compressed_session(imap.port)
+    client.sock.sendall(client.deflate.compress(b"n NOOP\r\n") + client.deflate.flush())
+    assert client.read_line() == b"n OK NOOP completed\r\n"
+    client.sock.sendall(zlib.compress(b"m NOOP\r\n"))
+    assert client.read_line() == b"* BYE Corrupt compressed data\r\n"
+    assert client.read_line() == b""
+    assert failures == []
+
+
 def test_deflate_bomb_is_refused_with_memory_bounded(imap, failures):
     """256 MB of one line, compressed to about 256 KB: answered BAD [TOOBIG] and BYE once the
     line limit is passed; the server decompresses little of it (its peak memory stays)."""

@@ -14,8 +14,9 @@ there when the login's OK carries no list), though the command is valid only onc
   (``IMAPSession.received``) only while it reads: once it pauses (a command runs) the rest
   waits compressed, and the connection stops reading until it is used up.  So decompressed
   input is held exactly as uncompressed input is, within the line and literal limits: a deflate
-  bomb meets the same ``[TOOBIG]`` answers.  A corrupt stream is answered ``* BYE`` (compressed,
-  as everything after the OK is) and the connection closed.
+  bomb meets the same ``[TOOBIG]`` answers.  A corrupt stream, or data after the client ended
+  its stream, is answered ``* BYE`` (compressed, as everything after the OK is) and the
+  connection closed.
 - Inside TLS (STARTTLS or implicit): the ``Deflate`` wraps whatever transport the session has,
   so data is compressed before it is encrypted, the order RFC 4978 section 3 requires.
 """
@@ -112,11 +113,11 @@ class Deflate:
                 self._corrupt("corrupt deflate stream")
                 return
             self._pending = self._inflater.unconsumed_tail
-            if self._inflater.eof:
-                self._corrupt("deflate stream ended")
-                return
             if out:
                 session.received(out)
+            if self._inflater.unused_data:
+                self._corrupt("data after the end of the deflate stream")
+                return
 
     def _corrupt(self, why: str) -> None:
         self._pending = b""
