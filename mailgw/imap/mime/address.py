@@ -354,9 +354,10 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
     del lexer.comments[:]
     local = _local(lexer)
     kind, text, _ = lexer.peek()
-    if words and b" " in words and text != b"@":
-        # Not an addr-spec after all: the words are a name without an address.
-        result.append([_name(words), None, MISSING_MAILBOX, MISSING_DOMAIN])
+    if words is not None and (b" " in words or not words) and text != b"@":
+        # Not an addr-spec after all: the words (even an empty "") are a name without an
+        # address.
+        result.append([humane(words), None, MISSING_MAILBOX, MISSING_DOMAIN])
         return
     domain = MISSING_DOMAIN
     if text == b"@":
