@@ -13,9 +13,10 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from mailgw.imap import ordering
+from mailgw.imap.fetch import _header as read_header
 from mailgw.imap.mime.headers import field_value, split_fields
 from mailgw.imap.reply import Reply, bad, failed, no, ok
-from mailgw.imap.search import Candidate, evaluate, read_header_block, unsupported
+from mailgw.imap.search import Candidate, evaluate, unsupported
 from mailgw.imap.selected import CHARSETS
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import responses as r
@@ -26,11 +27,10 @@ CAPABILITIES = (b"SORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES")
 BADCHARSET = b"[BADCHARSET (UTF-8 US-ASCII)] Unknown charset"
 
 
-def _header_fields(folder, uid: int, wanted: frozenset) -> dict:
+def _header_fields(folder, folder_path: str, info, wanted: frozenset) -> dict:
     """The first value (unfolded) of each ``wanted`` field of a message; {} if it is gone."""
     try:
-        with folder.open_message(uid) as fp:
-            block = read_header_block(fp)
+        block = read_header(folder, folder_path, info)
     except (NoSuchMessage, StoreError):
         return {}
     fields: dict = {}
@@ -40,31 +40,36 @@ def _header_fields(folder, uid: int, wanted: frozenset) -> dict:
     return fields
 
 
-def matching(folder, criteria: tuple, candidates: list, wanted: frozenset) -> list:
+def matching(folder, criteria: tuple, candidates: list, infos: dict, wanted: frozenset) -> list:
     """The ``ordering.Message`` of each candidate matching ``criteria``, with the ``wanted``
-    header fields read (blocking: run it in a thread)."""
+    header fields read (``infos``: the IMessageInfo of each UID, as the view lists it;
+    blocking: run it in a thread)."""
     by_seq = {candidate.seq: candidate for candidate in candidates}
+    folder_path = str(folder.path)
     messages = []
     for seq in evaluate(folder, criteria, candidates, False):
         found = by_seq[seq]
-        fields = _header_fields(folder, found.uid, wanted) if wanted else {}
+        fields = {}
+        if wanted:
+            fields = _header_fields(folder, folder_path, infos[found.uid], wanted)
         messages.append(
             ordering.Message(found.seq, found.uid, found.size, found.internal_date, fields)
         )
     return messages
 
 
-def sorted_line(folder, command: c.Sort, candidates: list) -> bytes:
+def sorted_line(folder, command: c.Sort, candidates: list, infos: dict) -> bytes:
     """The ``* SORT`` response to ``command`` (blocking)."""
     wanted = ordering.fields_for(command.keys)
-    messages = matching(folder, command.criteria, candidates, wanted)
+    messages = matching(folder, command.criteria, candidates, infos, wanted)
     numbers = [b"%d" % m.number(command.uid) for m in ordering.sort(messages, command.keys)]
     return r.untagged(r.Atom(b" ".join([b"SORT", *numbers])))
 
 
-def threaded_line(folder, command: c.Thread, candidates: list) -> bytes:
+def threaded_line(folder, command: c.Thread, candidates: list, infos: dict) -> bytes:
     """The ``* THREAD`` response to ``command`` (blocking)."""
-    messages = matching(folder, command.criteria, candidates, frozenset(ordering.THREAD_FIELDS))
+    wanted = frozenset(ordering.THREAD_FIELDS)
+    messages = matching(folder, command.criteria, candidates, infos, wanted)
     if command.algorithm == "REFERENCES":
         threads = ordering.references(messages)
     else:
@@ -86,10 +91,11 @@ async def _answer(session, command: c.Sort | c.Thread, work) -> Reply:
     refused = _refused(command)
     if refused is not None:
         return refused
-    mailbox = session.mailbox
-    candidates = [Candidate(*row) for row in mailbox.view.candidates()]
+    view = session.mailbox.view
+    candidates = [Candidate(*row) for row in view.candidates()]
+    infos = {candidate.uid: view.info(candidate.uid) for candidate in candidates}
     try:
-        line = await deferToThread(work, mailbox.folder, command, candidates)
+        line = await deferToThread(work, session.mailbox.folder, command, candidates, infos)
     except Exception:
         return failed(Failure(), command.name)
     session.send(line)
