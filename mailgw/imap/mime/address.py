@@ -331,6 +331,7 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
     SYNTAX_ERROR; words that make no address are a name with nothing else."""
     start = lexer.pos
     words = _phrase(lexer)
+    after_words = lexer.pos
     kind, text, _ = lexer.peek()
     if text == b"<":
         lexer.next()
@@ -357,6 +358,7 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
     if words is not None and (b" " in words or not words) and text != b"@":
         # Not an addr-spec after all: the words (even an empty "") are a name without an
         # address.
+        lexer.pos = after_words
         result.append([humane(words), None, MISSING_MAILBOX, MISSING_DOMAIN])
         return
     domain = MISSING_DOMAIN
