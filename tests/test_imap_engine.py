@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import base64
 import imaplib
+import os
 import re
 import socket
 import time
@@ -258,23 +259,42 @@ def test_binary_of_an_unknown_encoding_is_unknown_cte(port, inbox):
 def test_idle_sees_what_another_program_does_to_the_maildir(server, port, inbox):
     """A flag set by renaming the file and a message written into new/ by another program (a
     mail reader, a delivery agent) reach an IDLE session within a few seconds."""
-    inbox.append(message("on disk"))
+    inbox.append(message("on disk"), flags={"\\Seen"})  # in cur/, not \\Recent: no claim moves it
+    time.sleep(0.05)  # the store sees a change by a directory's mtime: let the clock tick on
     sock = raw_session(port)
     send(sock, b"s SELECT INBOX", b"s")
     sock.sendall(b"i IDLE\r\n")
     assert read_until(sock, b"+").startswith(b"+ ")
     maildir = server.store.user_dir(ALICE)
-    while any((maildir / "new").iterdir()):  # SELECT's \\Recent claim moves it to cur/
-        time.sleep(0.01)
-    time.sleep(0.05)  # the store sees a change by a directory's mtime: let the clock tick on
     [path] = (maildir / "cur").iterdir()
-    path.rename(maildir / "cur" / (path.name.split(":2,")[0] + ":2,F"))
+    path.rename(path.with_name(path.name.split(":2,")[0] + ":2,FS"))
     (maildir / "new" / "1700000000.M1P1.elsewhere").write_bytes(message("dropped in"))
     sock.settimeout(2 * session.IDLE_CHECK_INTERVAL + 3)
     seen = b""
-    while b"EXISTS\r\n" not in seen:
+    while b"EXISTS\r\n" not in seen or b"FETCH" not in seen:  # told as the store notices
         seen += sock.recv(65536)
-    assert b"* 1 FETCH (FLAGS (\\Flagged" in seen and b"* 2 EXISTS\r\n" in seen
+    assert b"* 1 FETCH (FLAGS (\\Flagged \\Seen))" in seen and b"* 2 EXISTS\r\n" in seen
     sock.sendall(b"DONE\r\n")
     assert last_line(read_until(sock, b"i ")) == b"i OK IDLE terminated"
     sock.close()
+
+
+def test_fetch_of_files_not_as_listed_or_not_cached(server, port, inbox):
+    """A bare-LF file another program wrote is sent with CRLF (the store's view of it), and a
+    file evicted from the page cache is read all the same (in the worker thread)."""
+    maildir = server.store.user_dir(ALICE)
+    (maildir / "cur" / "1700000000.M1P1.elsewhere:2,S").write_bytes(b"Subject: lf\n\nbody\n")
+    stored = message("evicted", "x" * 5000 + "\r\n")
+    inbox.append(stored)
+    for path in (maildir / "cur").iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    client = connect(port)
+    client.select("INBOX", readonly=True)
+    typ, data = client.fetch("1:2", "(RFC822.SIZE BODY.PEEK[] ENVELOPE)")
+    assert typ == "OK"
+    crlf = b"Subject: lf\r\n\r\nbody\r\n"
+    assert data[0][1] == crlf and b"RFC822.SIZE %d " % len(crlf) in data[0][0]
+    assert data[2][1] == stored and b'"evicted"' in data[3]
+    client.logout()

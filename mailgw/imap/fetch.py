@@ -1,15 +1,19 @@
 """FETCH and UID FETCH: one path for every shape of request, fast for all of them.
 
-The set is resolved on the reactor against the session's view and cut into batches (about
-``CHUNK`` octets of response; when messages are read, ``BODY_CHUNKS`` times that of message
-data and at most ``BATCH_MESSAGES`` messages).  Each batch is ``serialise``d: \\Seen set where a
-non-PEEK body item asks for it, what the items need read (no file for UID, FLAGS,
-INTERNALDATE, RFC822.SIZE; the header block for ENVELOPE and top-level header sections; the
-whole message otherwise), the ``* n FETCH`` lines built, and \\Recent files moved to cur/ -- in
-a worker thread whenever that touches the disk, at once for a batch of metadata.  The reactor
-writes a batch, starts the next one, and waits until the transport has sent what it holds (a
-push producer registered on it) before writing more, so memory stays bounded and the disk and
-the network work at once.  A message gone by then is left out.
+The set is resolved on the reactor against the session's view and cut into batches of about
+``CHUNK`` octets (of response; of message data when messages are read, at most
+``BATCH_MESSAGES`` of them).  Each batch is ``serialise``d: \\Seen set where a non-PEEK body item
+asks for it, what the items need read (no file for UID, FLAGS, INTERNALDATE, RFC822.SIZE; the
+header block for ENVELOPE and top-level header sections; the whole message otherwise), the
+``* n FETCH`` lines built.  That runs in a worker thread whenever it could wait for the disk;
+at once when it cannot: a batch of metadata, or one whose files are all in the page cache
+(read with ``RWF_NOWAIT``, which fails rather than wait; a file that is not cached sends the
+batch to the thread) -- a thread hop per batch costs more than the reading of cached files.
+The reactor writes a batch, starts the next one, and waits until the transport has sent what
+it holds (a push producer registered on it) before writing more, so memory stays bounded and
+the disk and the network work at once.  A message gone by then is left out; files still in
+new/ move to cur/ at the end, in one store call (read where the snapshot lists them, not after
+a rename).
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ import os
 import time
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from mailgw.imap.reply import Reply, bad, no, ok
+from mailgw.imap.errors import in_thread
+from mailgw.imap.reply import Reply, bad, failed, no, ok
 from mailgw.imap.selected import checked_set
 from mailgw.imap.structure import (
     UnknownTransferEncoding,
@@ -40,8 +48,6 @@ from mailgw.store.interfaces import NoSuchMessage
 #: Responses are written in pieces of about this many octets (a larger literal goes alone);
 #: a batch of metadata is about one CHUNK of response.
 CHUNK = 256 * 1024
-#: A batch of messages read holds about this many CHUNKs of their data (fewer thread hops).
-BODY_CHUNKS = 4
 #: The most messages in one batch.
 BATCH_MESSAGES = 500
 
@@ -173,17 +179,60 @@ def _ends_header(data: bytes) -> bool:
     return data.startswith((b"\r\n", b"\n")) or b"\n\r\n" in data or b"\n\n" in data
 
 
+#: Linux's "fail rather than wait for the disk" flag for reads (None elsewhere).
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+class _Cold(Exception):
+    """A read would have to wait for the disk (or the file is not as listed)."""
+
+
+def _cached(folder_path: str, info, count: int) -> bytes:
+    """The first ``count`` octets of the message's file, if the file is as listed (its size)
+    and they are all in the page cache; else _Cold.  Never waits for the disk to read."""
+    try:
+        fd = os.open(os.path.join(folder_path, info.subdir, info.filename), os.O_RDONLY)
+    except OSError:
+        raise _Cold() from None
+    try:
+        if os.fstat(fd).st_size != info.size:
+            raise _Cold()
+        buffer = bytearray(count)
+        got = os.preadv(fd, [buffer], 0, _NOWAIT)
+    except OSError:  # BlockingIOError: not in the page cache
+        raise _Cold() from None
+    finally:
+        os.close(fd)
+    if got != count:
+        raise _Cold()
+    return bytes(buffer)
+
+
+def _cached_header(folder_path: str, info) -> bytes:
+    data = _cached(folder_path, info, min(info.size, _HEADER_READ))
+    if len(data) < info.size and not _ends_header(data):
+        raise _Cold()
+    return header_block(data)
+
+
 class _Message:
     """One message's content as a batch's items need it, read and parsed once."""
 
     __slots__ = ("data", "header", "_parsed")
 
-    def __init__(self, folder, folder_path: str, info, reads: int) -> None:
+    def __init__(self, folder, folder_path: str, info, reads: int, cached: bool) -> None:
+        """Read what ``reads`` says; only from the page cache if ``cached`` (else _Cold)."""
         self.data = self.header = None
         if reads == WHOLE:
-            self.data = _whole(folder, folder_path, info)
+            if cached:
+                self.data = _cached(folder_path, info, info.size)
+            else:
+                self.data = _whole(folder, folder_path, info)
         elif reads == HEADER:
-            self.header = _header(folder, folder_path, info)
+            if cached:
+                self.header = _cached_header(folder_path, info)
+            else:
+                self.header = _header(folder, folder_path, info)
         self._parsed = None
 
     @property
@@ -260,13 +309,13 @@ class _Flags(dict):
         return item
 
 
-def serialise(folder, rows: list, plan: Plan) -> tuple[list[bytes], list]:
+def serialise(folder, rows: list, plan: Plan, cached: bool = False) -> tuple[list[bytes], list]:
     """The ``* n FETCH`` lines of ``rows`` (``(seq, IMessageInfo, \\Recent here)``), as writes
     of about CHUNK octets each (a larger literal goes alone, uncopied), after setting \\Seen if
     the plan says so; and the new IMessageInfos of the messages whose flags this changed.
-    Blocking when it reads files or changes flags (it then runs in a thread)."""
+    Blocking when it reads files or changes flags (it then runs in a thread), unless
+    ``cached``: then files are read only from the page cache, and _Cold raised if one is not."""
     flag_items = _Flags()
-    recent_files = [info.uid for _, info, _ in rows if info.recent]
     if plan.reads == NOTHING and not plan.sets_seen:
         formats = [_METADATA_FORMATS[a.name] for a in plan.attributes]
         line = r.fetch_line_format([form for form, _ in formats])
@@ -281,13 +330,11 @@ def serialise(folder, rows: list, plan: Plan) -> tuple[list[bytes], list]:
         ]
         changed = []
     else:
-        writes, changed = _general(folder, rows, plan, flag_items)
-    if recent_files:
-        folder.mark_seen_by_client(recent_files)
+        writes, changed = _general(folder, rows, plan, flag_items, cached)
     return writes, changed
 
 
-def _general(folder, rows: list, plan: Plan, flag_items: _Flags) -> tuple[list, list]:
+def _general(folder, rows: list, plan: Plan, flags_of: _Flags, cached: bool) -> tuple[list, list]:
     """``serialise`` for items that read the message or set \\Seen: (writes, changed)."""
     folder_path = str(folder.path)
     makers = [_maker(attribute) for attribute in plan.attributes]
@@ -304,10 +351,10 @@ def _general(folder, rows: list, plan: Plan, flag_items: _Flags) -> tuple[list, 
                     current = folder.set_flags(info.uid, current.flags | {SEEN})
                     changed.append(current)
                 info = current
-            message = _Message(folder, folder_path, info, reads) if reads else None
+            message = _Message(folder, folder_path, info, reads, cached) if reads else None
         except NoSuchMessage:
             continue
-        flags = flag_items[info.flags, recent]
+        flags = flags_of[info.flags, recent]
         parts = r.fetch_response_parts(seq, [make(info, flags, message) for make in makers])
         length = sum(map(len, parts))
         if length >= CHUNK:  # its literal is written as it is, not copied into a group
@@ -327,21 +374,20 @@ def _general(folder, rows: list, plan: Plan, flag_items: _Flags) -> tuple[list, 
 
 
 def batches(rows: list, plan: Plan) -> list[list]:
-    """``rows`` cut into batches: of metadata, about CHUNK octets of response; of messages
-    read, about BODY_CHUNKS * CHUNK octets of data (the first only CHUNK, so that the first
-    octets leave soon) and at most BATCH_MESSAGES messages."""
+    """``rows`` cut into batches of about CHUNK octets: of response for metadata, of message
+    data when messages are read (and then at most BATCH_MESSAGES messages)."""
     if plan.reads == NOTHING:
         step = max(1, CHUNK // 64)
         return [rows[start : start + step] for start in range(0, len(rows), step)]
     out: list[list] = []
     batch: list = []
-    size, limit = 0, CHUNK
+    size = 0
     for row in rows:
         batch.append(row)
         size += row[1].size if plan.reads == WHOLE else 2048
-        if size >= limit or len(batch) >= BATCH_MESSAGES:
+        if size >= CHUNK or len(batch) >= BATCH_MESSAGES:
             out.append(batch)
-            batch, size, limit = [], 0, BODY_CHUNKS * CHUNK
+            batch, size = [], 0
     if batch:
         out.append(batch)
     return out
@@ -392,12 +438,35 @@ class Drain:
             self._transport.unregisterProducer()
 
 
+#: Threads that serialise batches, for all sessions together: more would only take turns at
+#: Python's GIL with each other and with the reactor (they read cached files, mostly).
+WORKERS = 1
+_pool: ThreadPool | None = None
+
+
+def _workers() -> ThreadPool:
+    """The FETCH worker threads, started on first use and stopped with the reactor."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPool(WORKERS, WORKERS, "imap-fetch")
+        _pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", _pool.stop)
+    return _pool
+
+
 def _begin(folder, batch: list, plan: Plan) -> Deferred:
-    """``serialise`` a batch: in a worker thread if it touches the disk (reads files, sets
-    \\Seen, moves \\Recent files to cur/), else at once (a batch of metadata)."""
-    if plan.reads != NOTHING or plan.sets_seen or any(info.recent for _, info, _ in batch):
-        return deferToThread(serialise, folder, batch, plan)
-    return maybeDeferred(serialise, folder, batch, plan)
+    """``serialise`` a batch: at once if that cannot wait for the disk (metadata only, or files
+    all in the page cache), else in a worker thread (a file is not cached, \\Seen is set)."""
+    if plan.reads == NOTHING and not plan.sets_seen:
+        return maybeDeferred(serialise, folder, batch, plan)
+    if _NOWAIT is not None and not plan.sets_seen:
+        try:
+            return succeed(serialise(folder, batch, plan, cached=True))
+        except _Cold:
+            pass
+        except Exception:
+            return fail()
+    return deferToThreadPool(reactor, _workers(), serialise, folder, batch, plan)
 
 
 async def fetch(session, command: c.Fetch) -> Reply:
@@ -412,7 +481,8 @@ async def fetch(session, command: c.Fetch) -> Reply:
     mailbox = session.mailbox
     plan = Plan.of(command.attributes, mailbox.writeable, command.uid)
     view, folder = mailbox.view, mailbox.folder
-    work = batches(list(view.rows(view.resolve(command.messages, command.uid))), plan)
+    rows = list(view.rows(view.resolve(command.messages, command.uid)))
+    work = batches(rows, plan)
     if not work:
         return ok(b"FETCH completed")
     drain = Drain(session.transport)
@@ -431,4 +501,12 @@ async def fetch(session, command: c.Fetch) -> Reply:
         drain.close()
         if pending is not None:
             pending.addErrback(lambda failure: None)
+    # Fetched messages still in new/ are no longer \\Recent for later sessions: moved to cur/
+    # once, after they were read where the snapshot lists them.
+    recent = [info.uid for _, info, _ in rows if info.recent]
+    if recent:
+        try:
+            await in_thread(folder.address, folder.name, folder.mark_seen_by_client, recent)
+        except Exception:
+            return failed(Failure(), b"FETCH")
     return ok(b"FETCH completed")
