@@ -18,43 +18,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailgw.imap import compress, make_factory
 from mailgw.imap import session as session_module
-from mailgw.imap.session import IMAPSession
 from mailgw.imap.wire import commands as c
 
 ALICE = "alice@example.test"
 PASSWORD = "secret"
 #: A body of about 10 KB, different for each message.
 BODY = "".join(f"line {i:04d} of a ten kilobyte body, message {{n}}\r\n" for i in range(220))
-
-
-# WIRING: remove once session.py lists COMPRESS (its TABLES entries, COMPRESS=DEFLATE in
-# capabilities(), and the input hook: received(), compression, start_compression()).
-@pytest.fixture(autouse=True)
-def wired(monkeypatch):
-    """COMPRESS wired into the session as the report to the lead says session.py should."""
-    for state in ("auth", "selected"):
-        monkeypatch.setitem(session_module.TABLES[state], c.Compress, compress.compress)
-    capabilities = IMAPSession.capabilities
-
-    def with_compress(self):
-        return [*capabilities(self), b"COMPRESS=DEFLATE"]
-
-    def data_received(self, data):
-        if self.compression is not None:
-            self.compression.dataReceived(data)
-        else:
-            self.received(data)
-
-    def start_compression(self, stream):
-        self._assembler.reset()
-        self._events.clear()
-        self.compression = self.transport = stream
-
-    monkeypatch.setattr(IMAPSession, "capabilities", with_compress)
-    monkeypatch.setattr(IMAPSession, "received", IMAPSession.dataReceived, raising=False)
-    monkeypatch.setattr(IMAPSession, "compression", None, raising=False)
-    monkeypatch.setattr(IMAPSession, "dataReceived", data_received)
-    monkeypatch.setattr(IMAPSession, "start_compression", start_compression, raising=False)
 
 
 @pytest.fixture

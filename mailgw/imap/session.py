@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailgw.context import ServerContext
-from mailgw.imap import auth, fetch, folders, selected
+from mailgw.imap import auth, compress, fetch, folders, selected
 from mailgw.imap.mailbox import ISessionListener, SessionMailbox
 from mailgw.imap.reply import Reply, bad
 from mailgw.imap.wire import commands as c
@@ -70,6 +70,7 @@ _AUTHENTICATED = {
     c.Status: folders.status,
     c.Append: folders.append,
     c.Idle: selected.idle,
+    c.Compress: compress.compress,
 }
 #: The handler of each command, by session state.
 TABLES: dict[str, dict[type, Callable]] = {
@@ -145,6 +146,8 @@ class IMAPSession(Protocol, TimeoutMixin):
         self._reading = True
         self._errors = 0
         self._idling = False
+        #: COMPRESS's Deflate once active: the client's input passes through it first.
+        self.compression = None
 
     # -- connection life cycle ----------------------------------------------------------
 
@@ -213,7 +216,7 @@ class IMAPSession(Protocol, TimeoutMixin):
         elif self.state == "unauth":
             caps += [b"AUTH=PLAIN", b"SASL-IR"]
         caps += [b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"UIDPLUS", b"MOVE", b"UNSELECT"]
-        caps += [b"MULTIAPPEND", b"SPECIAL-USE"]
+        caps += [b"MULTIAPPEND", b"SPECIAL-USE", b"COMPRESS=DEFLATE"]
         caps.append(b"APPENDLIMIT=%d" % self.context.limits.message_size)
         return caps
 
@@ -222,6 +225,13 @@ class IMAPSession(Protocol, TimeoutMixin):
         self._assembler.reset()
         self._events.clear()
         self.transport.startTLS(self.context.tls)
+
+    def start_compression(self, stream) -> None:
+        """COMPRESS: what the client sent after the command is thrown away; from now on
+        ``stream`` (``compress.Deflate``) is the transport and the first stage of input."""
+        self._assembler.reset()
+        self._events.clear()
+        self.compression = self.transport = stream
 
     # -- output ---------------------------------------------------------------------------
 
@@ -241,6 +251,13 @@ class IMAPSession(Protocol, TimeoutMixin):
         return limits.command_line
 
     def dataReceived(self, data: bytes) -> None:
+        """The client's bytes: inflated first once COMPRESS is active (``compress.Deflate``)."""
+        if self.compression is not None:
+            self.compression.dataReceived(data)
+        else:
+            self.received(data)
+
+    def received(self, data: bytes) -> None:
         """Frame what arrived; run the commands it completes, one at a time."""
         self.resetTimeout()
         if self.closing:
