@@ -1,4 +1,4 @@
-"""The commands of the authenticated state: SELECT/EXAMINE, CREATE, DELETE, RENAME, (UN)SUBSCRIBE,
+"""The commands of the authenticated state: CREATE, DELETE, RENAME, (UN)SUBSCRIBE,
 LIST, LSUB, NAMESPACE, STATUS and APPEND (MULTIAPPEND, RFC 3502; APPENDUID, RFC 4315).
 
 Every one answers when the store is done (its calls run in threads); a folder that does not
@@ -18,38 +18,6 @@ from mailgw.imap.wire import responses as r
 
 #: STATUS items mailgw answers.
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
-
-
-async def select(session, command: c.Select) -> Reply:
-    """SELECT or EXAMINE: the mailbox's counts, flags, UIDVALIDITY, UIDNEXT and UNSEEN."""
-    name = b"EXAMINE" if command.readonly else b"SELECT"
-    if command.condstore or command.qresync is not None:
-        return bad(b"CONDSTORE and QRESYNC are not supported")
-    session.deselect()
-    try:
-        mailbox = await session.account.select(command.mailbox, not command.readonly)
-    except Exception:
-        return failed(Failure(), name)
-    if mailbox is None:
-        return no(b"[NONEXISTENT] No such mailbox")
-    view = mailbox.view
-    flags = mailbox.flags()
-    permanent = [*flags, "\\*"] if mailbox.writeable else []
-    lines = [
-        r.untagged(view.count, r.Atom(b"EXISTS")),
-        r.untagged(view.recent_count, r.Atom(b"RECENT")),
-        r.untagged(r.Atom(b"FLAGS"), r.flag_list(flags)),
-        r.status_line(None, b"OK", b"[PERMANENTFLAGS " + r.flag_list(permanent) + b"] Limited"),
-    ]
-    if view.first_unseen is not None:
-        lines.append(r.status_line(None, b"OK", b"[UNSEEN %d] First unseen" % view.first_unseen))
-    validity = mailbox.folder.uid_validity
-    lines.append(r.status_line(None, b"OK", b"[UIDVALIDITY %d] UIDs valid" % validity))
-    lines.append(r.status_line(None, b"OK", b"[UIDNEXT %d] Predicted next UID" % mailbox.uid_next))
-    session.send(b"".join(lines))
-    session.select(mailbox)
-    mode = b"[READ-WRITE] " if mailbox.writeable else b"[READ-ONLY] "
-    return ok(mode + name + b" completed")
 
 
 async def _answer(work, done: bytes, command: bytes, missing: bytes = b"[NONEXISTENT]") -> Reply:

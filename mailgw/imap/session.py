@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailgw.context import ServerContext
-from mailgw.imap import auth, compress, fetch, folders, selected
+from mailgw.imap import auth, compress, fetch, folders, selected, selecting
 from mailgw.imap.mailbox import ISessionListener, SessionMailbox
 from mailgw.imap.reply import Reply, bad
 from mailgw.imap.wire import commands as c
@@ -58,7 +58,7 @@ _ANY = {c.Capability: auth.capability, c.Noop: auth.noop, c.Logout: auth.logout,
 #: Commands valid once logged in, with or without a mailbox selected.
 _AUTHENTICATED = {
     **_ANY,
-    c.Select: folders.select,
+    c.Select: selecting.select,
     c.Create: folders.create,
     c.Delete: folders.delete,
     c.Rename: folders.rename,
