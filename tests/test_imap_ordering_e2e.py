@@ -16,8 +16,7 @@ import pytest
 from test_imap import ALICE, PASSWORD, connect, raw_session, read_until
 from test_imap_dovecot import DOVECOT_USER, Dovecot, dovecot_binary
 
-from mailgw.imap import make_factory, ordering_commands, session
-from mailgw.imap.wire import commands as c
+from mailgw.imap import make_factory
 
 CORPUS = sorted((Path(__file__).parent / "data" / "ordering").glob("*.eml"))
 #: 2001-01-01: the internal date of the messages the RFC's examples number; the others are
@@ -29,15 +28,6 @@ OLD = 725846400.0
 @pytest.fixture
 def port(server, monkeypatch) -> int:
     """Alice, an IMAP listener, and SORT / THREAD in the selected state's table."""
-    # WIRING: remove once session.py lists c.Sort and c.Thread (and their capabilities)
-    monkeypatch.setitem(session.TABLES["selected"], c.Sort, ordering_commands.sort)
-    monkeypatch.setitem(session.TABLES["selected"], c.Thread, ordering_commands.thread)
-    capabilities = session.IMAPSession.capabilities
-    monkeypatch.setattr(
-        session.IMAPSession,
-        "capabilities",
-        lambda self: [*capabilities(self), *ordering_commands.CAPABILITIES],
-    )
     server.add_user(ALICE, PASSWORD)
     return server.listen(make_factory)
 

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailgw.context import ServerContext
-from mailgw.imap import auth, compress, fetch, folders, selected, selecting
+from mailgw.imap import auth, compress, fetch, folders, ordering_commands, selected, selecting
 from mailgw.imap.mailbox import ISessionListener, SessionMailbox
 from mailgw.imap.reply import Reply, bad
 from mailgw.imap.wire import commands as c
@@ -91,6 +91,8 @@ TABLES: dict[str, dict[type, Callable]] = {
         c.Store: selected.store,
         c.Copy: selected.copy,
         c.Search: selected.search,
+        c.Sort: ordering_commands.sort,
+        c.Thread: ordering_commands.thread,
     },
 }
 _KNOWN = frozenset(kind for table in TABLES.values() for kind in table)
@@ -98,7 +100,7 @@ _KNOWN = frozenset(kind for table in TABLES.values() for kind in table)
 #: Commands after which the selected mailbox is not (or not yet) the one to report on.
 _NO_SYNC = (c.Select, c.Close, c.Unselect, c.Logout)
 #: Commands whose replies must not carry EXPUNGE responses (RFC 3501 7.4.1), UID forms too.
-_NO_EXPUNGE = (c.Fetch, c.Store, c.Search)
+_NO_EXPUNGE = (c.Fetch, c.Store, c.Search, c.Sort, c.Thread)
 
 
 def subject(command: c.Command) -> str:
@@ -217,6 +219,7 @@ class IMAPSession(Protocol, TimeoutMixin):
             caps += [b"AUTH=PLAIN", b"SASL-IR"]
         caps += [b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"UIDPLUS", b"MOVE", b"UNSELECT"]
         caps += [b"MULTIAPPEND", b"SPECIAL-USE", b"COMPRESS=DEFLATE"]
+        caps += ordering_commands.CAPABILITIES
         caps.append(b"APPENDLIMIT=%d" % self.context.limits.message_size)
         return caps
 
