@@ -2,10 +2,10 @@
 
 Login goes through ``twisted.cred``: each protocol builds ``ClientCredentials`` (a username,
 a password and the client's IP) and calls ``portal.login(creds, None, <avatar interface>)``.
-The avatar interfaces a protocol may ask for are Twisted's own: ``twisted.mail.pop3.IMailbox``,
-``twisted.mail.imap4.IAccount`` and ``twisted.mail.smtp.IMessageDelivery``; the realm builds
-them from factories that the service composition registers, so this package imports nothing of
-the protocol packages.
+The avatar interfaces a protocol may ask for are Twisted's ``twisted.mail.pop3.IMailbox`` and
+``twisted.mail.smtp.IMessageDelivery``, and mailgw's own ``mailgw.imap.account.IAccount``; the
+realm builds them from factories that the service composition registers, so this package
+imports nothing of the protocol packages.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The realm: hands each protocol the avatar it asks for, built by a registered factory.
 
 The service composition registers one factory per avatar interface (``pop3.IMailbox``,
-``imap4.IAccount``, ``smtp.IMessageDelivery``...), so this package imports nothing of the
+``imap.IAccount``, ``smtp.IMessageDelivery``...), so this package imports nothing of the
 protocol packages.  A factory takes the canonical address and returns ``(avatar, logout)``.
 """
 
