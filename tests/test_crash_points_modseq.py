@@ -4,8 +4,8 @@ Each case seeds alice's INBOX (three messages, the first \\Seen), then runs a dr
 process with ``MAILGW_CRASH_AT=STEP`` (``mailgw.crashpoint``): it opens the folder, reports
 what a client would sync (HIGHESTMODSEQ, every message's modseq and flags), and makes one
 change until it kills itself at that step.  A fresh process then opens the folder over the
-same Maildir, reports again, and appends a message and sets its flags.  The checks, against the report made
-before the crash (the last thing a client saw):
+same Maildir, reports again, and appends a message and sets its flags.  The checks, against the
+report made before the crash (the last thing a client saw):
 
 - HIGHESTMODSEQ never went back, and the next change gets a modseq above it;
 - no modseq was reused: a message still at a modseq it was reported with has the very flags it
