@@ -378,6 +378,21 @@ def test_unreadable_index_is_set_aside_and_the_folder_opens(store, damage):
     assert (log_path(store).parent / "mailgw-modseq.broken").read_bytes() == damage
 
 
+def test_modseqs_go_on_above_a_damaged_index(store):
+    """A client that synced before the damage must see every later change as newer."""
+    folder = store.folder(USER)
+    uids = fill(folder, 2)
+    for _ in range(5):
+        folder.set_flags(uids[0], {SEEN})
+        folder.set_flags(uids[0], set())
+    synced = folder.highest_modseq
+    log_path(store).write_bytes(b"garbage\n")
+    again = reopen(store).folder(USER)
+    assert again.highest_modseq > synced and min(modseqs(again).values()) > synced
+    assert again.vanished_since(synced) is None, "what vanished before the damage is unknown"
+    assert again.set_flags(uids[1], {SEEN}).modseq > synced
+
+
 def test_index_of_another_uidvalidity_is_not_used(store):
     folder = store.folder(USER)
     uids = fill(folder, 2)

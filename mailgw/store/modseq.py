@@ -24,9 +24,12 @@ A folder that never had the index gets one at its first open, every message at m
 A torn last line (a crash during an append) is ignored and cut away by the next append.  A
 header or snapshot that cannot be read (damage no crash makes: they are only ever written whole,
 then renamed or linked into place) is set aside as ``mailgw-modseq.broken`` and the index starts
-again.  Writers in other processes are serialised by an ``flock`` of the file (a compaction
-replaces the file, so a writer checks, once it holds the lock, that its file is still the one in
-place); threads are serialised by the folder's lock: a ``ModseqLog`` is not thread-safe itself.
+again, above every modseq the lost one can have given out (``restart_modseq``), so a client
+that synced before the damage resyncs instead of missing changes.
+
+Writers in other processes are serialised by an ``flock`` of the file (a compaction replaces
+the file, so a writer checks, once it holds the lock, that its file is still the one in place);
+threads are serialised by the folder's lock: a ``ModseqLog`` is not thread-safe itself.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import fcntl
 import os
 import sys
 import threading
+import time
 import uuid
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
@@ -192,7 +196,7 @@ class ModseqLog:
     def _load(self, data: bytes) -> None:
         header = _usable_header(data, self.uid_validity)
         if header is None:
-            self._set_aside()
+            self._set_aside(damaged=not _of_other_uid_validity(data, self.uid_validity))
             return
         start = data.find(b"\n") + 1
         count, expunges = header["N"], header["E"]
@@ -206,11 +210,12 @@ class ModseqLog:
         self.exists = True
         self._read_lines(data[self._snapshot_end :])
 
-    def _set_aside(self) -> None:
+    def _set_aside(self, damaged: bool) -> None:
         """The file is of another UIDVALIDITY or unreadable: as if there were none (``create``
-        moves it out of the way)."""
+        moves it out of the way).  A damaged file of this UIDVALIDITY may have given out any
+        modseq, so the new index starts above all it can have given (``restart_modseq``)."""
         self.state, self.expunged = {}, {}
-        self.highest = self.floor = 1
+        self.highest = self.floor = restart_modseq() if damaged else 1
         self._forget()
 
     def _read_lines(self, data: bytes) -> None:
@@ -419,6 +424,22 @@ class ModseqLog:
         self._token = token
         self._ino = ino
         self._snapshot_end = self._offset = len(data)
+
+
+def restart_modseq() -> int:
+    """Where modseqs go on after their index was lost: the milliseconds since 1970, above every
+    modseq the lost index gave out unless it gave out more than one a millisecond."""
+    return int(time.time() * 1000)
+
+
+def _of_other_uid_validity(data: bytes, uid_validity: int) -> bool:
+    """Does ``data`` start with a well-formed header of an index of another UIDVALIDITY?"""
+    end = data.find(b"\n")
+    fields = data[:end].decode("ascii", "replace").split() if end > 0 else []
+    if len(fields) < 3 or fields[0] != _MAGIC or fields[1] != _VERSION:
+        return False
+    other = fields[2]
+    return other[:1] == "V" and other[1:].isdigit() and int(other[1:]) != uid_validity
 
 
 def _usable_header(data: bytes, uid_validity: int) -> dict | None:
