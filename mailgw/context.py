@@ -38,8 +38,9 @@ class Limits:
     pop3_idle_timeout: float = 600.0
     #: Seconds of silence before IMAP autologout (RFC 3501: at least 30 minutes).
     imap_idle_timeout: float = 1800.0
-    #: POP3/IMAP command line length in octets.
-    command_line: int = 8192
+    #: POP3/IMAP command line length in octets (Dovecot's ``imap_max_line_length``, also 64 KB:
+    #: an ID with long values or a client's long UID set does not fit in 8 KB).
+    command_line: int = 65536
     #: IMAP literal size before login.
     imap_literal_before_login: int = 8192
     #: POP3 and IMAP sessions logged in at once for one user from one client IP, all POP3 and
