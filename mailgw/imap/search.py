@@ -1,22 +1,49 @@
-"""SEARCH criteria (RFC 3501 6.4.4) evaluated in a thread.
+"""SEARCH criteria (RFC 3501 6.4.4), compiled once and evaluated over the session's view.
 
 The wire parser gives the criteria as a tree (``Search.criteria``: ``("AND", [...])`` of leaf
-tuples such as ``("FLAG", "\\Seen", True)``); ``Plan`` says whether the evaluation needs the
-header block or the whole message, so a search on flags, sizes, dates and numbers never opens a
-file; ``evaluate`` runs over ``Candidate`` snapshots of the session's view and is safe to run in
-a thread.
+tuples such as ``("FLAG", "\\Seen", True)``); ``compile_tree`` turns it into one predicate, and
+``Plan`` says whether the evaluation needs the header block or the whole message.  A search on
+flags, sizes, dates and numbers never opens a file: over a view of at most ``REACTOR_ROWS``
+messages ``find`` answers it at once (a thread hop costs more than the evaluation); one that
+reads files runs in a thread.  BODY and TEXT match the decoded text of every part (base64,
+quoted-printable, charsets, as ``email`` decodes them); a message of plain ASCII without
+encodings whose octets do not hold the word is rejected without being parsed.
 """
 
 from __future__ import annotations
 
 import email.utils
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import policy
 from email.header import decode_header, make_header
 from email.parser import BytesParser
 
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThread
+
 from mailgw.store.interfaces import NoSuchMessage, StoreError
+
+#: Views of at most this many messages are searched on the reactor when no file is read.
+REACTOR_ROWS = 5_000
+
+_RECENT = "\\Recent"
+#: Octets whose presence means the text as decoded may differ from the octets as stored
+#: (encoded words, transfer encodings, charsets that are not ASCII supersets, escapes).
+_ENCODING_MARKS = (
+    b"=?",
+    b"base64",
+    b"quoted-printable",
+    b"uue",
+    b"utf-7",
+    b"utf-16",
+    b"utf-32",
+    b"\x1b",
+    b"~{",
+    b"\x00",
+)
 
 
 class SearchSyntaxError(ValueError):
@@ -87,32 +114,44 @@ def _kinds(node: tuple):
 
 
 class _Content:
-    """A message's headers and text, read once on demand (in the evaluating thread)."""
+    """A message's octets, headers and text, read once on demand (in the evaluating thread)."""
 
-    def __init__(self, folder, uid: int, plan: Plan) -> None:
-        self._folder, self._uid, self._plan = folder, uid, plan
+    def __init__(self, folder, info, plan: Plan) -> None:
+        self._folder, self._info, self._plan = folder, info, plan
+        self._raw: bytes | None = None
+        self._lowered: bytes | None = None
         self._message = None
         self._text: str | None = None
 
+    def raw(self) -> bytes:
+        """The whole message as stored (CRLF)."""
+        if self._raw is None:
+            self._raw = _read(self._folder, self._info)
+        return self._raw
+
+    def may_hold(self, word: bytes) -> bool:
+        """False only if the decoded text cannot hold ``word`` (lower-case ASCII): the
+        message is plain ASCII, without encodings, and its octets do not hold it."""
+        if self._lowered is None:
+            raw = self.raw()
+            lowered = raw.lower()
+            plain = raw.isascii() and not any(mark in lowered for mark in _ENCODING_MARKS)
+            self._lowered = lowered if plain else b""
+        return not self._lowered or word in self._lowered
+
     def message(self):
         if self._message is None:
-            with self._folder.open_message(self._uid) as fp:
-                if self._plan.body:
-                    self._message = BytesParser(policy=policy.compat32).parse(fp)
-                else:
+            parser = BytesParser(policy=policy.compat32)
+            if self._plan.body:
+                self._message = parser.parsebytes(self.raw())
+            else:
+                with self._folder.open_message(self._info.uid) as fp:
                     header = read_header_block(fp)
-                    parser = BytesParser(policy=policy.compat32)
-                    self._message = parser.parsebytes(header, headersonly=True)
+                self._message = parser.parsebytes(header, headersonly=True)
         return self._message
 
     def header(self, name: str) -> list[str]:
-        values = []
-        for value in self.message().get_all(name, []):
-            try:
-                values.append(str(make_header(decode_header(str(value)))).lower())
-            except (ValueError, LookupError):
-                values.append(str(value).lower())
-        return values
+        return [_decoded(value) for value in self.message().get_all(name, [])]
 
     def body(self) -> str:
         if self._text is None:
@@ -130,7 +169,28 @@ class _Content:
         return self._text
 
     def all_headers(self) -> str:
-        return "\n".join(f"{k}: {v}" for k, v in self.message().items()).lower()
+        return "\n".join(f"{k.lower()}: {_decoded(v)}" for k, v in self.message().items())
+
+
+def _decoded(value) -> str:
+    """A header field's value with its encoded words decoded, in lower case."""
+    try:
+        return str(make_header(decode_header(str(value)))).lower()
+    except (ValueError, LookupError):
+        return str(value).lower()
+
+
+def _read(folder, info) -> bytes:
+    """The message's octets: from the file the view lists if it is still as listed (no
+    store lock), else through the store."""
+    if not isinstance(info, Candidate):
+        from mailgw.imap.fetch import read_as_listed  # fetch imports this module's users
+
+        data = read_as_listed(os.fspath(folder.path), info)
+        if data is not None:
+            return data
+    with folder.open_message(info.uid) as fp:
+        return fp.read()
 
 
 def _day(timestamp: float) -> tuple:
@@ -148,62 +208,147 @@ def _sent_day(content: _Content) -> tuple | None:
     return tuple(parsed[:3]) if parsed else None
 
 
-def _in(ranges: list, value: int, star: int) -> bool:
-    for low, high in ranges:
-        low = star if low is None else low
-        high = star if high is None else high
-        if min(low, high) <= value <= max(low, high):
+#: A compiled criterion: ``(seq, info, recent here, content, last) -> matched``, with
+#: ``last`` the (sequence number, UID) that ``*`` stands for.
+Predicate = Callable[[int, object, bool, object, tuple], bool]
+
+
+def _ranges(ranges: list, index: int) -> Predicate:
+    def within(value: int, star: int) -> bool:
+        for low, high in ranges:
+            low = star if low is None else low
+            high = star if high is None else high
+            if min(low, high) <= value <= max(low, high):
+                return True
+        return False
+
+    if index:
+        return lambda seq, info, recent, content, last: within(info.uid, last[1])
+    return lambda seq, info, recent, content, last: within(seq, last[0])
+
+
+def _all_of(predicates: list) -> Predicate:
+    if len(predicates) == 1:
+        return predicates[0]
+
+    def every(seq, info, recent, content, last) -> bool:
+        for predicate in predicates:
+            if not predicate(seq, info, recent, content, last):
+                return False
+        return True
+
+    return every
+
+
+def _date(key: str, day: tuple) -> Predicate:
+    op = key.removeprefix("SENT")
+    compare = {
+        "BEFORE": lambda d: d < day,
+        "ON": lambda d: d == day,
+        "SINCE": lambda d: d >= day,
+    }[op]
+    if key.startswith("SENT"):
+
+        def sent(seq, info, recent, content, last) -> bool:
+            found = _sent_day(content)
+            return found is not None and compare(found)
+
+        return sent
+    return lambda seq, info, recent, content, last: compare(_day(info.internal_date))
+
+
+def _text(kind: str, word: str) -> Predicate:
+    octets = word.encode("ascii") if word.isascii() else None
+
+    def text(seq, info, recent, content, last) -> bool:
+        if octets is not None and not content.may_hold(octets):
+            return False
+        if kind == "TEXT" and word in content.all_headers():
             return True
-    return False
+        return word in content.body()
+
+    return text
 
 
-def _match(node: tuple, c: Candidate, content: _Content, last: tuple) -> bool:
+def compile_tree(node: tuple) -> Predicate:
+    """The predicate for a criteria tree (SearchSyntaxError for an unknown criterion)."""
     kind = node[0]
     if kind == "AND":
-        return all(_match(child, c, content, last) for child in node[1])
+        return _all_of([compile_tree(child) for child in node[1]])
     if kind == "ALL":
-        return True
+        return lambda seq, info, recent, content, last: True
     if kind == "FLAG":
-        return (node[1] in c.flags) == node[2]
+        flag, wanted = node[1], node[2]
+        if flag == _RECENT:
+            return lambda seq, info, recent, content, last: recent == wanted
+        return lambda seq, info, recent, content, last: (flag in info.flags) == wanted
     if kind == "KEYWORD":
-        return any(f.lower() == node[1] for f in c.flags) == node[2]
+        keyword, wanted = node[1], node[2]
+        return lambda seq, info, recent, content, last: (
+            any(f.lower() == keyword for f in info.flags) == wanted
+        )
     if kind == "NOT":
-        return not _match(node[1], c, content, last)
+        inner = compile_tree(node[1])
+        return lambda seq, info, recent, content, last: not inner(seq, info, recent, content, last)
     if kind == "OR":
-        return _match(node[1], c, content, last) or _match(node[2], c, content, last)
+        a, b = compile_tree(node[1]), compile_tree(node[2])
+        return lambda seq, info, recent, content, last: (
+            a(seq, info, recent, content, last) or b(seq, info, recent, content, last)
+        )
     if kind == "SIZE":
-        return c.size > node[2] if node[1] else c.size < node[2]
-    if kind == "SEQ":
-        return _in(node[1], c.seq, last[0])
-    if kind == "UID":
-        return _in(node[1], c.uid, last[1])
+        larger, n = node[1], node[2]
+        if larger:
+            return lambda seq, info, recent, content, last: info.size > n
+        return lambda seq, info, recent, content, last: info.size < n
+    if kind in ("SEQ", "UID"):
+        return _ranges(node[1], kind == "UID")
     if kind == "DATE":
-        day = _sent_day(content) if node[1].startswith("SENT") else _day(c.internal_date)
-        if day is None:
-            return False
-        op = node[1].removeprefix("SENT")
-        return {"BEFORE": day < node[2], "ON": day == node[2], "SINCE": day >= node[2]}[op]
+        return _date(node[1], node[2])
     if kind == "HEADER":
-        values = content.header(node[1])
-        return bool(values) and (not node[2] or any(node[2] in v for v in values))
-    if kind == "BODY":
-        return node[1] in content.body()
-    if kind == "TEXT":
-        return node[1] in content.all_headers() or node[1] in content.body()
+        name, value = node[1], node[2]
+
+        def header(seq, info, recent, content, last) -> bool:
+            values = content.header(name)
+            return bool(values) and (not value or any(value in v for v in values))
+
+        return header
+    if kind in ("BODY", "TEXT"):
+        return _text(kind, node[1])
     raise SearchSyntaxError(f"unknown criterion {kind}")
+
+
+def matching(folder, tree: tuple, rows: list, by_uid: bool) -> list[int]:
+    """Sequence numbers (or UIDs if ``by_uid``) of the matching rows, ``(seq, IMessageInfo,
+    \\Recent here)`` in view order (blocking when the criteria read files)."""
+    predicate = compile_tree(tree)
+    last = (rows[-1][0], rows[-1][1].uid) if rows else (0, 0)
+    plan = Plan.of(tree)
+    if not plan.headers:
+        return [
+            info.uid if by_uid else seq
+            for seq, info, recent in rows
+            if predicate(seq, info, recent, None, last)
+        ]
+    found = []
+    for seq, info, recent in rows:
+        try:
+            matched = predicate(seq, info, recent, _Content(folder, info, plan), last)
+        except (NoSuchMessage, StoreError):
+            continue
+        if matched:
+            found.append(info.uid if by_uid else seq)
+    return found
+
+
+def find(folder, tree: tuple, rows: list, by_uid: bool) -> Deferred:
+    """``matching`` at once when it reads no file and ``rows`` are few (at most
+    REACTOR_ROWS), else in a thread; fires with the numbers found."""
+    if not Plan.of(tree).headers and len(rows) <= REACTOR_ROWS:
+        return maybeDeferred(matching, folder, tree, rows, by_uid)
+    return deferToThread(matching, folder, tree, rows, by_uid)
 
 
 def evaluate(folder, tree: tuple, candidates: list, by_uid: bool) -> list[int]:
     """Sequence numbers (or UIDs if ``by_uid``) of the matching candidates (blocking)."""
-    plan = Plan.of(tree)
-    last = (candidates[-1].seq, candidates[-1].uid) if candidates else (0, 0)
-    found = []
-    for candidate in candidates:
-        content = _Content(folder, candidate.uid, plan)
-        try:
-            matched = _match(tree, candidate, content, last)
-        except (NoSuchMessage, StoreError):
-            continue
-        if matched:
-            found.append(candidate.uid if by_uid else candidate.seq)
-    return found
+    rows = [(candidate.seq, candidate, _RECENT in candidate.flags) for candidate in candidates]
+    return matching(folder, tree, rows, by_uid)
