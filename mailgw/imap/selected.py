@@ -7,17 +7,19 @@ store calls run in threads; a read-only (EXAMINEd) mailbox answers ``NO [READ-ON
 
 from __future__ import annotations
 
-from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from mailgw.imap.reply import Reply, bad, failed, no, ok
-from mailgw.imap.search import Candidate, evaluate, unsupported
+from mailgw.imap.search import find, unsupported
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import responses as r
 
 #: Charsets SEARCH accepts.
 CHARSETS = frozenset({"US-ASCII", "UTF-8"})
 OUT_OF_RANGE = b"Message sequence number out of range"
+
+#: Every message of the view, as a sequence set.
+_EVERY = c.SequenceSet(((1, None),))
 
 
 def checked_set(session, messages: c.SequenceSet, uid: bool) -> Reply | None:
@@ -147,7 +149,7 @@ async def copy(session, command: c.Copy) -> Reply:
 
 
 async def search(session, command: c.Search) -> Reply:
-    """SEARCH, evaluated in a thread over snapshots of the session's view; ``* SEARCH`` even
+    """SEARCH, evaluated over the session's view (``search.find``); ``* SEARCH`` even
     when nothing matched (RFC 3501 7.2.5)."""
     if command.returns is not None:
         return bad(b"ESEARCH is not supported")
@@ -157,11 +159,9 @@ async def search(session, command: c.Search) -> Reply:
     if kind is not None:
         return bad(b"SEARCH %s is not supported" % kind.encode("ascii", "replace"))
     mailbox = session.mailbox
-    candidates = [Candidate(*row) for row in mailbox.view.candidates()]
+    rows = list(mailbox.view.rows(mailbox.view.resolve(_EVERY, False)))
     try:
-        found = await deferToThread(
-            evaluate, mailbox.folder, command.criteria, candidates, command.uid
-        )
+        found = await find(mailbox.folder, command.criteria, rows, command.uid)
     except Exception:
         return failed(Failure(), b"SEARCH")
     session.send(r.untagged(r.Atom(b" ".join([b"SEARCH", *(b"%d" % n for n in found)]))))
