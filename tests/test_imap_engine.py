@@ -114,8 +114,11 @@ def test_bad_replies_give_the_parsers_reason(port):
         (b"c FETCH 0 (FLAGS)", b"0"),
         (b"d STORE 1 +FLAGS (\\Recent)", b"Recent"),
         (b"e SEARCH NOSUCHKEY", b"NOSUCHKEY"),
-        (b"f SEARCH MODSEQ 5", b"SEARCH MODSEQ is not supported"),
-        (b"g FETCH 1 (FLAGS) (CHANGEDSINCE 5)", b"CHANGEDSINCE needs CONDSTORE"),
+        (b"f SEARCH MODSEQ x", b"MODSEQ needs a mod-sequence"),
+        (
+            b"g UID FETCH 1 (FLAGS) (CHANGEDSINCE 5 VANISHED)",
+            b"VANISHED needs UID FETCH and QRESYNC",
+        ),
     ):
         tagged = last_line(send(sock, line, line[:1]))
         assert tagged.startswith(line[:1] + b" BAD "), tagged

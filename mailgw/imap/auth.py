@@ -1,5 +1,5 @@
-"""The commands of every state (CAPABILITY, NOOP, LOGOUT, ID) and those before login
-(STARTTLS, LOGIN, AUTHENTICATE PLAIN with SASL-IR).
+"""The commands of every state (CAPABILITY, NOOP, LOGOUT, ID), those before login (STARTTLS,
+LOGIN, AUTHENTICATE PLAIN with SASL-IR), and ENABLE (RFC 5161) of the authenticated state.
 
 Passwords go through ``ctx.portal`` with ``ClientCredentials`` (the client's IP for the guard),
 and only over TLS unless ``ctx.allow_plaintext`` (``NO [PRIVACYREQUIRED]`` otherwise).  A login
@@ -122,3 +122,19 @@ async def _check(session, user: bytes, password: bytes) -> Reply:
     except Exception:
         _log.failure("could not create the special-use folders")
     return ok(b"LOGIN completed")
+
+
+#: What ENABLE (RFC 5161) can enable, and what each enables with it (RFC 7162 3.2.3).
+ENABLES = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}
+
+
+async def enable(session, command: c.Enable) -> Reply:
+    """ENABLE (RFC 5161, authenticated state only): ``* ENABLED`` lists the extensions asked
+    for that this command enabled; unknown ones are ignored."""
+    newly = []
+    for name in command.capabilities:
+        if name in ENABLES and name not in session.enabled and name not in newly:
+            newly.append(name)
+            session.enabled.update(ENABLES[name])
+    session.send(r.untagged(r.Atom(b" ".join([b"ENABLED", *(n.encode() for n in newly)]))))
+    return ok(b"ENABLE completed")

@@ -43,7 +43,7 @@ from mailgw.imap.structure import (
 from mailgw.imap.view import RECENT, SEEN
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import responses as r
-from mailgw.store.interfaces import NoSuchMessage
+from mailgw.store.interfaces import FLAGS_ADD, NoSuchMessage
 
 #: Responses are written in pieces of about this many octets (a larger literal goes alone);
 #: a batch of metadata is about one CHUNK of response.
@@ -51,7 +51,7 @@ CHUNK = 256 * 1024
 #: The most messages in one batch.
 BATCH_MESSAGES = 500
 
-_METADATA = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"})
+_METADATA = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
 _SETS_SEEN = frozenset({"RFC822", "RFC822.TEXT"})
 #: The items whose section, without .PEEK, sets \\Seen.
 _SECTIONS = frozenset({"BODY", "BINARY"})
@@ -73,8 +73,11 @@ class Plan:
     reads: int
 
     @classmethod
-    def of(cls, attributes: tuple, writeable: bool, uid: bool) -> Plan:
+    def of(
+        cls, attributes: tuple, writeable: bool, uid: bool, modseq: bool = False, condstore=False
+    ) -> Plan:
         """The plan for ``attributes``; FLAGS is added when \\Seen will be set (and reported),
+        with MODSEQ too once ``condstore`` is enabled; MODSEQ if ``modseq`` (CHANGEDSINCE);
         and UID FETCH reports UID last (as mailgw always has)."""
         sets_seen = writeable and any(
             a.name in _SETS_SEEN or (a.name in _SECTIONS and a.section is not None and not a.peek)
@@ -82,6 +85,8 @@ class Plan:
         )
         if sets_seen and not any(a.name == "FLAGS" for a in attributes):
             attributes = (*attributes, c.FetchAttribute("FLAGS"))
+        if (modseq or sets_seen and condstore) and not any(a.name == "MODSEQ" for a in attributes):
+            attributes = (*attributes, c.FetchAttribute("MODSEQ"))
         if uid:
             attributes = (*(a for a in attributes if a.name != "UID"), c.FetchAttribute("UID"))
         reads = max((_reads(a) for a in attributes), default=NOTHING)
@@ -262,6 +267,8 @@ def _maker(attribute: c.FetchAttribute):
         return lambda info, flags, message: flags
     if name == "RFC822.SIZE":
         return lambda info, flags, message: b"RFC822.SIZE %d" % info.size
+    if name == "MODSEQ":
+        return lambda info, flags, message: b"MODSEQ (%d)" % info.modseq
     if name == "INTERNALDATE":
         return lambda info, flags, message: b"INTERNALDATE " + internal_date(info.internal_date)
     if name == "ENVELOPE":
@@ -296,6 +303,7 @@ _METADATA_FORMATS = {
     "UID": (b"UID %d", lambda info, flags: info.uid),
     "FLAGS": (b"%s", lambda info, flags: flags),
     "RFC822.SIZE": (b"RFC822.SIZE %d", lambda info, flags: info.size),
+    "MODSEQ": (b"MODSEQ (%d)", lambda info, flags: info.modseq),
     "INTERNALDATE": (b"INTERNALDATE %s", lambda info, flags: internal_date(info.internal_date)),
 }
 
@@ -338,19 +346,21 @@ def _general(folder, rows: list, plan: Plan, flags_of: _Flags, cached: bool) -> 
     """``serialise`` for items that read the message or set \\Seen: (writes, changed)."""
     folder_path = str(folder.path)
     makers = [_maker(attribute) for attribute in plan.attributes]
-    sets_seen, reads = plan.sets_seen, plan.reads
-    changed = []
+    reads = plan.reads
+    changed: list = []
+    seen: dict = {}
+    if plan.sets_seen:
+        unseen = [info.uid for _, info, _ in rows if SEEN not in info.flags]
+        if unseen:
+            changed = folder.set_flags_many(unseen, {SEEN}, FLAGS_ADD).infos
+            seen = {info.uid: info for info in changed}
     writes: list[bytes] = []
     group: list[bytes] = []
     size = 0
     for seq, info, recent in rows:
         try:
-            if sets_seen and SEEN not in info.flags:
-                current = folder.get(info.uid)
-                if SEEN not in current.flags:
-                    current = folder.set_flags(info.uid, current.flags | {SEEN})
-                    changed.append(current)
-                info = current
+            if SEEN not in info.flags and plan.sets_seen:
+                info = seen.get(info.uid) or folder.get(info.uid)
             message = _Message(folder, folder_path, info, reads, cached) if reads else None
         except NoSuchMessage:
             continue
@@ -469,19 +479,50 @@ def _begin(folder, batch: list, plan: Plan) -> Deferred:
     return deferToThreadPool(reactor, _workers(), serialise, folder, batch, plan)
 
 
+async def vanished_earlier(session, messages: c.SequenceSet, since: int) -> bytes:
+    """``* VANISHED (EARLIER)`` for the UIDs of ``messages`` expunged above modseq ``since``
+    (RFC 7162 3.2.6), empty if none; when the store does not know that far back, every UID of
+    the set up to the last one the session knows that is not in its view."""
+    mailbox = session.mailbox
+    view, folder = mailbox.view, mailbox.folder
+    ranges = messages.resolved(max(mailbox.uid_next - 1, 0))
+    gone = await in_thread(folder.address, folder.name, folder.vanished_since, since)
+    if gone is None:
+        last = view.last_uid
+        gone = (u for low, high in ranges for u in range(low, min(high, last) + 1))
+    else:
+        gone = (u for u in gone if any(low <= u <= high for low, high in ranges))
+    missing = view.missing(gone)
+    if not missing:
+        return b""
+    return r.untagged(r.Atom(b"VANISHED (EARLIER) " + r.sequence_set(missing)))
+
+
 async def fetch(session, command: c.Fetch) -> Reply:
-    """FETCH / UID FETCH: the items of every message of the set, in batches (module doc)."""
-    if command.changed_since is not None or command.vanished:
-        return bad(b"CHANGEDSINCE needs CONDSTORE, which is not supported")
-    if any(a.name == "MODSEQ" for a in command.attributes):
-        return bad(b"MODSEQ needs CONDSTORE, which is not supported")
+    """FETCH / UID FETCH: the items of every message of the set, in batches (module doc);
+    with CHANGEDSINCE (RFC 7162 3.1.4) only the messages changed since, MODSEQ included, and
+    with VANISHED (UID FETCH once QRESYNC is enabled) first the UIDs expunged since."""
+    since = command.changed_since
+    if command.vanished and not (command.uid and session.qresync):
+        return bad(b"VANISHED needs UID FETCH and QRESYNC enabled")
+    if since is not None or any(a.name == "MODSEQ" for a in command.attributes):
+        session.enable_condstore()
     refused = checked_set(session, command.messages, command.uid)
     if refused is not None:
         return refused
     mailbox = session.mailbox
-    plan = Plan.of(command.attributes, mailbox.writeable, command.uid)
+    plan = Plan.of(
+        command.attributes, mailbox.writeable, command.uid, since is not None, session.condstore
+    )
     view, folder = mailbox.view, mailbox.folder
+    if command.vanished:
+        try:
+            session.send(await vanished_earlier(session, command.messages, since))
+        except Exception:
+            return failed(Failure(), b"FETCH")
     rows = list(view.rows(view.resolve(command.messages, command.uid)))
+    if since is not None:
+        rows = [row for row in rows if row[1].modseq > since]
     work = batches(rows, plan)
     if not work:
         return ok(b"FETCH completed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from functools import partial
+from typing import NamedTuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
@@ -21,9 +22,17 @@ from mailgw.imap.errors import ReadOnly, in_thread
 from mailgw.imap.parsing import PERMANENT_FLAGS, storable_flags
 from mailgw.imap.view import FolderView, Snapshot, Updates
 from mailgw.imap.wire.commands import SequenceSet
-from mailgw.store.interfaces import IFolderListener, NoSuchMessage
+from mailgw.store.interfaces import (
+    FLAGS_ADD,
+    FLAGS_REMOVE,
+    FLAGS_REPLACE,
+    IFolderListener,
+    NoSuchMessage,
+)
 
 DELETED = "\\Deleted"
+#: STORE's modes as ``IFolder.set_flags_many`` names them.
+_MODES = {"add": FLAGS_ADD, "remove": FLAGS_REMOVE, "set": FLAGS_REPLACE}
 #: Every message of a mailbox, as a sequence set.
 EVERYTHING = SequenceSet(((1, None),))
 
@@ -35,10 +44,29 @@ class RecentClaims:
 
     Every session of this process runs on the reactor thread, so claiming needs no lock.  A
     claimed message is then moved from new/ to cur/ so that later sessions (and other programs)
-    no longer see it as recent; the claim is forgotten once the move is done."""
+    no longer see it as recent.  Sessions watching the folder may still hold news of it from
+    before the move (an event, a listing), so the claims of a folder are kept while any session
+    watches it (``hold``/``release``) or a move is under way, and forgotten after."""
 
     def __init__(self) -> None:
         self._claimed: dict[tuple, set] = {}
+        #: Watching sessions and moves under way, by folder.
+        self._users: dict[tuple, int] = {}
+
+    def hold(self, folder) -> None:
+        """A session watches ``folder``: keep its claims."""
+        key = (folder.folder_id, folder.uid_validity)
+        self._users[key] = self._users.get(key, 0) + 1
+
+    def release(self, folder) -> None:
+        """A ``hold`` ends; the claims go once nothing holds them."""
+        key = (folder.folder_id, folder.uid_validity)
+        users = self._users.get(key, 0) - 1
+        if users > 0:
+            self._users[key] = users
+        else:
+            self._users.pop(key, None)
+            self._claimed.pop(key, None)
 
     def unclaimed(self, folder, uids) -> set:
         """Those of ``uids`` no session holds."""
@@ -52,6 +80,7 @@ class RecentClaims:
             return won
         key = (folder.folder_id, folder.uid_validity)
         self._claimed.setdefault(key, set()).update(won)
+        self.hold(folder)
 
         def failed(failure):
             # The session still shows them \\Recent; they stay in new/ for the next one.
@@ -63,14 +92,10 @@ class RecentClaims:
                 folder=folder.name,
             )
 
-        def forget(result):
-            taken = self._claimed.get(key, set())
-            taken -= won
-            if not taken:
-                self._claimed.pop(key, None)
-            return None
+        def moved(result):
+            self.release(folder)
 
-        deferToThread(folder.mark_seen_by_client, sorted(won)).addErrback(failed).addBoth(forget)
+        deferToThread(folder.mark_seen_by_client, sorted(won)).addErrback(failed).addBoth(moved)
         return won
 
 
@@ -123,6 +148,17 @@ class _FolderWatch:
         """Messages removed: pending EXPUNGE."""
         self._mailbox.view.note_expunged(uids)
         self._mailbox.notify()
+
+
+class Stored(NamedTuple):
+    """What ``SessionMailbox.store`` did."""
+
+    #: ``{seq: uid}`` of the messages named that are still here and were not refused.
+    reported: dict
+    #: The UIDs whose flags it changed.
+    changed: set
+    #: The UIDs refused because they changed after UNCHANGEDSINCE (RFC 7162 MODIFIED).
+    modified: list
 
 
 class SessionMailbox:
@@ -179,6 +215,7 @@ class SessionMailbox:
         self._listener = listener
         if self._watch is None:
             self._watch = _FolderWatch(self)
+            RECENT_CLAIMS.hold(self.folder)
             self._store.add_listener(self.folder.address, self.folder.name, self._watch)
             self._watched.add(self)
 
@@ -189,6 +226,7 @@ class SessionMailbox:
             self._store.remove_listener(self.folder.address, self.folder.name, self._watch)
             self._watch = None
             self._watched.discard(self)
+            RECENT_CLAIMS.release(self.folder)
 
     def notify(self) -> None:
         """Tell the listener that changes are pending."""
@@ -198,6 +236,28 @@ class SessionMailbox:
     def refresh(self) -> Deferred:
         """Rescan the folder (in a thread) and note whatever changed, even by other programs."""
         return self._in_thread(folder_snapshot, self.folder).addCallback(self.view.reconcile)
+
+    def catch_up(self, since: int | None = None) -> Deferred:
+        """Once watched: rescan, so that what changed between the listing SELECT showed and
+        the start of the watch is not missed, and apply it all to the view (the client has
+        been told nothing yet).  Fires with ``(HIGHESTMODSEQ, vanished)``: a HIGHESTMODSEQ
+        that every change the view now shows is at or below, and the UIDs expunged above
+        ``since`` (``vanished_since``; None if not asked or not known that far back)."""
+        folder = self.folder
+
+        def work():
+            highest = folder.highest_modseq
+            vanished = folder.vanished_since(since) if since is not None else None
+            return highest, vanished, folder_snapshot(folder)
+
+        def apply(result):
+            highest, vanished, snapshot = result
+            self.view.reconcile(snapshot)
+            if self.view.has_pending:
+                self.view.take_updates(allow_expunge=True)
+            return highest, vanished
+
+        return self._in_thread(work).addCallback(apply)
 
     def sync(self, allow_expunge: bool) -> Updates | None:
         """The pending changes to tell the client of (EXPUNGEs only if ``allow_expunge``), now
@@ -223,36 +283,30 @@ class SessionMailbox:
         """``[(seq, uid)]`` for a sequence or UID set."""
         return self.view.resolve(messages, uid)
 
-    def store(self, messages: SequenceSet, flags, mode: str, uid: bool) -> Deferred:
-        """Add (mode ``add``), remove (``remove``) or replace (``set``) flags; fires with
-        ``{seq: flags to report}`` of the messages named that still exist."""
+    def store(
+        self, messages: SequenceSet, flags, mode: str, uid: bool, unchanged_since=None
+    ) -> Deferred:
+        """Add (mode ``add``), remove (``remove``) or replace (``set``) flags, in one store
+        call; with ``unchanged_since`` (RFC 7162) only on messages not changed since.  Fires
+        with ``Stored``."""
         self._check_writeable()
         wanted = storable_flags(flags)
         targets = self.view.resolve(messages, uid)
-        folder = self.folder
+        uids = [target for _, target in targets]
+        call = partial(self.folder.set_flags_many, uids, wanted, _MODES[mode], unchanged_since)
 
-        def work():
-            changed = []
-            for _, target in targets:
-                try:
-                    current = folder.get(target).flags
-                    if mode == "add":
-                        new = current | wanted
-                    elif mode == "remove":
-                        new = current - wanted
-                    else:
-                        new = wanted
-                    if new != current:
-                        changed.append(folder.set_flags(target, new))
-                except NoSuchMessage:
-                    continue
-            return changed
+        def done(result):
+            self.view.apply_flags(result.infos)
+            refused = set(result.modified)
+            changed = {info.uid for info in result.infos}
+            view = self.view
+            return Stored(
+                {seq: u for seq, u in targets if view.seq(u) and u not in refused},
+                changed,
+                sorted(refused),
+            )
 
-        def done(changed):
-            self.view.apply_flags(changed)
-            return {seq: self.view.flags(u) for seq, u in targets if self.view.seq(u)}
-
-        return self._in_thread(work).addCallback(done)
+        return self._in_thread(call).addCallback(done)
 
     def copy_to(self, uids: list, target) -> Deferred:
         """Copy these messages (flags and internal date kept) into the folder ``target``.

@@ -32,10 +32,6 @@ def checked_set(session, messages: c.SequenceSet, uid: bool) -> Reply | None:
     return None
 
 
-def _expunged(session, numbers: list) -> None:
-    session.send(b"".join(r.untagged(n, r.Atom(b"EXPUNGE")) for n in numbers))
-
-
 async def refreshed(session, command: bytes, done: bytes) -> Reply:
     """Rescan the selected folder (changes are reported before the OK ``done``)."""
     try:
@@ -81,14 +77,17 @@ async def expunge(session, command: c.Expunge) -> Reply:
         numbers = await mailbox.expunge(uids)
     except Exception:
         return failed(Failure(), b"EXPUNGE")
-    _expunged(session, numbers)
+    session.send(session.expunged_lines(numbers))
     return ok(b"EXPUNGE completed")
 
 
 async def store(session, command: c.Store) -> Reply:
-    """STORE [+-]FLAGS[.SILENT]; keywords are kept; NO on a read-only mailbox."""
+    """STORE [+-]FLAGS[.SILENT]; keywords are kept; NO on a read-only mailbox.  With
+    UNCHANGEDSINCE (RFC 7162 3.1.3) the messages changed since are left alone and named in
+    ``[MODIFIED ...]``; once CONDSTORE is enabled each change is reported with its MODSEQ, even
+    with .SILENT."""
     if command.unchanged_since is not None:
-        return bad(b"UNCHANGEDSINCE needs CONDSTORE, which is not supported")
+        session.enable_condstore()
     mailbox = session.mailbox
     if not mailbox.writeable:
         return no(b"[READ-ONLY] Mailbox is read-only")
@@ -97,20 +96,29 @@ async def store(session, command: c.Store) -> Reply:
         return refused
     before = set(mailbox.flags())
     try:
-        result = await mailbox.store(command.messages, command.flags, command.mode, command.uid)
+        result = await mailbox.store(
+            command.messages, command.flags, command.mode, command.uid, command.unchanged_since
+        )
     except Exception:
         return failed(Failure(), b"STORE")
     out = []
     after = mailbox.flags()
     if set(after) != before:
         out.append(r.untagged(r.Atom(b"FLAGS"), r.flag_list(after)))
-    if not command.silent:
-        for seq, flags in sorted(result.items()):
-            items = [b"FLAGS " + r.flag_list(flags)]
-            if command.uid:
-                items.append(b"UID %d" % mailbox.view.uid(seq))
-            out.append(r.fetch_response(seq, items))
+    view = mailbox.view
+    for seq, uid in sorted(result.reported.items()):
+        modseq = view.info(uid).modseq
+        if not command.silent:
+            out.append(session.flags_line(seq, uid, view.flags(uid), modseq, command.uid))
+        elif session.condstore and uid in result.changed:
+            items = [b"UID %d" % uid] if command.uid or session.qresync else []
+            out.append(r.fetch_response(seq, [*items, b"MODSEQ (%d)" % modseq]))
     session.send(b"".join(out))
+    if result.modified:
+        modified = result.modified
+        if not command.uid:
+            modified = sorted(n for n in map(view.seq, modified) if n is not None)
+        return ok(b"[MODIFIED %s] Conditional STORE failed" % r.sequence_set(modified))
     return ok(b"STORE completed")
 
 
@@ -144,27 +152,60 @@ async def copy(session, command: c.Copy) -> Reply:
         numbers = await mailbox.expunge([s for s, _ in pairs], deleted_only=False)
     except Exception:
         return failed(Failure(), name)
-    _expunged(session, numbers)
+    session.send(session.expunged_lines(numbers))
     return ok(b"MOVE completed")
+
+
+def _modseq_as_uids(node: tuple, view) -> tuple:
+    """The criteria tree with each ``("MODSEQ", n)`` leaf (RFC 7162 3.1.5: modseq at least
+    n) replaced by the UIDs in the view that match it, as runs of the view's order."""
+    kind = node[0]
+    if kind == "MODSEQ":
+        ranges: list = []
+        previous = None
+        for seq, uid in view.changed_since(node[1] - 1):
+            if previous is not None and seq == previous + 1:
+                ranges[-1] = (ranges[-1][0], uid)
+            else:
+                ranges.append((uid, uid))
+            previous = seq
+        return ("UID", ranges)
+    if kind == "AND":
+        return ("AND", [_modseq_as_uids(child, view) for child in node[1]])
+    if kind == "NOT":
+        return ("NOT", _modseq_as_uids(node[1], view))
+    if kind == "OR":
+        return ("OR", _modseq_as_uids(node[1], view), _modseq_as_uids(node[2], view))
+    return node
 
 
 async def search(session, command: c.Search) -> Reply:
     """SEARCH, evaluated over the session's view (``search.find``); ``* SEARCH`` even
-    when nothing matched (RFC 3501 7.2.5)."""
+    when nothing matched (RFC 3501 7.2.5).  With a MODSEQ criterion (a CONDSTORE enabling
+    action) the line ends with ``(MODSEQ n)``, the highest modseq of the messages found."""
     if command.returns is not None:
         return bad(b"ESEARCH is not supported")
     if command.charset is not None and command.charset.upper() not in CHARSETS:
         return no(b"[BADCHARSET (US-ASCII UTF-8)] Unknown charset")
-    kind = unsupported(command.criteria)
+    mailbox = session.mailbox
+    view = mailbox.view
+    criteria = _modseq_as_uids(command.criteria, view)
+    by_modseq = criteria != command.criteria
+    kind = unsupported(criteria)
     if kind is not None:
         return bad(b"SEARCH %s is not supported" % kind.encode("ascii", "replace"))
-    mailbox = session.mailbox
-    rows = list(mailbox.view.rows(mailbox.view.resolve(_EVERY, False)))
+    if by_modseq:
+        session.enable_condstore()
+    rows = list(view.rows(view.resolve(_EVERY, False)))
     try:
-        found = await find(mailbox.folder, command.criteria, rows, command.uid)
+        found = await find(mailbox.folder, criteria, rows, command.uid)
     except Exception:
         return failed(Failure(), b"SEARCH")
-    session.send(r.untagged(r.Atom(b" ".join([b"SEARCH", *(b"%d" % n for n in found)]))))
+    words = [b"SEARCH", *(b"%d" % n for n in found)]
+    if by_modseq and found:
+        uids = found if command.uid else [view.uid(n) for n in found]
+        words.append(b"(MODSEQ %d)" % max(view.info(uid).modseq for uid in uids))
+    session.send(r.untagged(r.Atom(b" ".join(words))))
     return ok(b"SEARCH completed")
 
 

@@ -1,7 +1,11 @@
-"""SELECT and EXAMINE: open a mailbox for the session and report its state.
+"""SELECT and EXAMINE: open a mailbox for the session and report its state, with CONDSTORE's
+HIGHESTMODSEQ and QRESYNC's resynchronisation (RFC 7162 3.1.2, 3.2.5).
 
-A folder that does not exist is ``NO [NONEXISTENT]``, a store failure ``[SERVERBUG]`` or
-``[UNAVAILABLE]``, logged (``mailgw.imap.errors``).
+The folder is watched before the state reported is taken (``SessionMailbox.catch_up``), so a
+message delivered while SELECT runs is either in the answer or reported after it.  A SELECT
+that replaces a selected mailbox first says ``[CLOSED]`` (RFC 7162 3.2.11).  A folder that does
+not exist is ``NO [NONEXISTENT]``, a store failure ``[SERVERBUG]`` or ``[UNAVAILABLE]``,
+logged (``mailgw.imap.errors``).
 """
 
 from __future__ import annotations
@@ -14,10 +18,16 @@ from mailgw.imap.wire import responses as r
 
 
 async def select(session, command: c.Select) -> Reply:
-    """SELECT or EXAMINE: the mailbox's counts, flags, UIDVALIDITY, UIDNEXT and UNSEEN."""
+    """SELECT or EXAMINE: the mailbox's counts, flags, UIDVALIDITY, UIDNEXT, UNSEEN and
+    HIGHESTMODSEQ; with QRESYNC what vanished and changed since the client's modseq."""
     name = b"EXAMINE" if command.readonly else b"SELECT"
-    if command.condstore or command.qresync is not None:
-        return bad(b"CONDSTORE and QRESYNC are not supported")
+    resync = command.qresync
+    if resync is not None and not session.qresync:
+        return bad(b"QRESYNC must be enabled first")
+    if command.condstore:
+        session.enable_condstore()
+    if session.mailbox is not None:
+        session.send(r.status_line(None, b"OK", b"[CLOSED] Previous mailbox is now closed"))
     session.deselect()
     try:
         mailbox = await session.account.select(command.mailbox, not command.readonly)
@@ -25,6 +35,15 @@ async def select(session, command: c.Select) -> Reply:
         return failed(Failure(), name)
     if mailbox is None:
         return no(b"[NONEXISTENT] No such mailbox")
+    validity = mailbox.folder.uid_validity
+    if resync is not None and resync.uid_validity != validity:
+        resync = None
+    session.select(mailbox)
+    try:
+        highest, vanished = await mailbox.catch_up(resync.modseq if resync else None)
+    except Exception:
+        session.deselect()
+        return failed(Failure(), name)
     view = mailbox.view
     flags = mailbox.flags()
     permanent = [*flags, "\\*"] if mailbox.writeable else []
@@ -36,10 +55,58 @@ async def select(session, command: c.Select) -> Reply:
     ]
     if view.first_unseen is not None:
         lines.append(r.status_line(None, b"OK", b"[UNSEEN %d] First unseen" % view.first_unseen))
-    validity = mailbox.folder.uid_validity
     lines.append(r.status_line(None, b"OK", b"[UIDVALIDITY %d] UIDs valid" % validity))
     lines.append(r.status_line(None, b"OK", b"[UIDNEXT %d] Predicted next UID" % mailbox.uid_next))
+    lines.append(r.status_line(None, b"OK", b"[HIGHESTMODSEQ %d] Highest" % highest))
+    if resync is not None:
+        lines += resynchronised(session, resync, vanished)
     session.send(b"".join(lines))
-    session.select(mailbox)
     mode = b"[READ-WRITE] " if mailbox.writeable else b"[READ-ONLY] "
     return ok(mode + name + b" completed")
+
+
+def resynchronised(session, resync: c.QResync, vanished: list | None) -> list[bytes]:
+    """QRESYNC's answer (RFC 7162 3.2.5): ``* VANISHED (EARLIER)`` for the known UIDs gone
+    since ``resync.modseq``, then a FETCH of UID, FLAGS and MODSEQ for each message changed
+    since.  ``vanished`` is the store's list, None when it does not know that far back: then
+    every known UID not here is reported, but for those below the last sequence match (the
+    client's numbering still holds there, so none of them went)."""
+    view = session.mailbox.view
+    last = max(session.mailbox.uid_next - 1, 0)
+    known = resync.known_uids
+    if vanished is None:
+        floor = _matched_uid(view, resync.sequence_match)
+        span = known.resolved(last) if known is not None else [(1, last)]
+        candidates = (u for low, high in span for u in range(max(low, floor + 1), high + 1))
+        gone = view.missing(candidates)
+    else:
+        gone = view.missing(vanished)
+        if known is not None:
+            ranges = known.resolved(last)
+            gone = [u for u in gone if any(low <= u <= high for low, high in ranges)]
+    lines = []
+    if gone:
+        lines.append(r.untagged(r.Atom(b"VANISHED (EARLIER) " + r.sequence_set(gone))))
+    for seq, uid in view.changed_since(resync.modseq):
+        info = view.info(uid)
+        items = [b"UID %d" % uid, b"FLAGS " + r.flag_list(view.flags(uid))]
+        items.append(b"MODSEQ (%d)" % info.modseq)
+        lines.append(r.fetch_response(seq, items))
+    return lines
+
+
+def _matched_uid(view, match: tuple | None) -> int:
+    """The largest UID of the client's (sequence numbers, UIDs) pairs that is still at its
+    sequence number in the view; 0 if none (or no pairs)."""
+    if match is None:
+        return 0
+    seqs = [n for low, high in match[0].resolved(view.count) for n in range(low, high + 1)]
+    uids = [n for low, high in match[1].resolved(view.last_uid) for n in range(low, high + 1)]
+    best = 0
+    for seq, uid in zip(seqs, uids, strict=False):
+        try:
+            if view.uid(seq) == uid:
+                best = max(best, uid)
+        except IndexError:
+            break
+    return best

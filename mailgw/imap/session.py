@@ -18,7 +18,9 @@ command not in the table of the state is answered BAD.  Every response goes thro
 - Fault injection for tests (``mailgw.testing``): at LOGIN/AUTHENTICATE and at each command,
   when ``context.faults`` is set (None in production: one attribute test).
 - ``enabled`` holds the extensions the client enabled (RFC 5161), for those that change what
-  the session sends.
+  the session sends: once CONDSTORE is (by ENABLE or a CONDSTORE enabling action, RFC 7162
+  3.1), every FETCH a flag change causes carries MODSEQ; once QRESYNC is, UID too, and
+  expunges are told with VANISHED instead of EXPUNGE.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ TABLES: dict[str, dict[type, Callable]] = {
         c.Login: auth.login,
         c.Authenticate: auth.authenticate,
     },
-    "auth": _AUTHENTICATED,
+    "auth": {**_AUTHENTICATED, c.Enable: auth.enable},
     "selected": {
         **_AUTHENTICATED,
         c.Check: selected.check,
@@ -219,6 +221,7 @@ class IMAPSession(Protocol, TimeoutMixin):
             caps += [b"AUTH=PLAIN", b"SASL-IR"]
         caps += [b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"UIDPLUS", b"MOVE", b"UNSELECT"]
         caps += [b"MULTIAPPEND", b"SPECIAL-USE", b"COMPRESS=DEFLATE"]
+        caps += [b"ENABLE", b"CONDSTORE", b"QRESYNC"]
         caps += ordering_commands.CAPABILITIES
         caps.append(b"APPENDLIMIT=%d" % self.context.limits.message_size)
         return caps
@@ -409,6 +412,40 @@ class IMAPSession(Protocol, TimeoutMixin):
             if self.state == "selected":
                 self.state = "auth"
 
+    @property
+    def condstore(self) -> bool:
+        """Is CONDSTORE enabled (RFC 7162 3.1)?"""
+        return "CONDSTORE" in self.enabled
+
+    @property
+    def qresync(self) -> bool:
+        """Is QRESYNC enabled (RFC 7162 3.2)?"""
+        return "QRESYNC" in self.enabled
+
+    def enable_condstore(self) -> None:
+        """A CONDSTORE enabling action (RFC 7162 3.1): CONDSTORE is enabled from now on."""
+        self.enabled.add("CONDSTORE")
+
+    def expunged_lines(self, gone: list) -> bytes:
+        """The responses telling of messages gone, ``(seq, uid)`` each with seq valid when its
+        EXPUNGE is sent: ``* n EXPUNGE`` each, or with QRESYNC one ``* VANISHED uids``."""
+        if not gone:
+            return b""
+        if self.qresync:
+            uids = r.sequence_set(sorted(uid for _, uid in gone))
+            return r.untagged(r.Atom(b"VANISHED " + uids))
+        return b"".join(r.untagged(seq, r.Atom(b"EXPUNGE")) for seq, _ in gone)
+
+    def flags_line(self, seq: int, uid: int, flags, modseq: int, with_uid: bool) -> bytes:
+        """``* seq FETCH`` for a flag change: FLAGS, with UID if ``with_uid`` or QRESYNC is
+        enabled, and MODSEQ once CONDSTORE is."""
+        items = [b"FLAGS " + r.flag_list(flags)]
+        if with_uid or self.qresync:
+            items.append(b"UID %d" % uid)
+        if self.condstore:
+            items.append(b"MODSEQ (%d)" % modseq)
+        return r.fetch_response(seq, items)
+
     def report_changes(self, allow_expunge: bool) -> None:
         """Send what changed elsewhere in the selected mailbox since the client was told."""
         if self.mailbox is None:
@@ -416,9 +453,9 @@ class IMAPSession(Protocol, TimeoutMixin):
         updates = self.mailbox.sync(allow_expunge)
         if updates is None:
             return
-        out = [r.untagged(seq, r.Atom(b"EXPUNGE")) for seq in updates.expunged]
-        for seq, flags in updates.flags.items():
-            out.append(r.fetch_response(seq, [b"FLAGS " + r.flag_list(flags)]))
+        out = [self.expunged_lines(updates.expunged)]
+        for seq, (uid, flags, modseq) in updates.flags.items():
+            out.append(self.flags_line(seq, uid, flags, modseq, False))
         if updates.exists is not None:
             out.append(r.untagged(updates.exists, r.Atom(b"EXISTS")))
         if updates.recent is not None:

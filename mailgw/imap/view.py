@@ -21,9 +21,11 @@ RECENT = "\\Recent"
 class Updates:
     """What the client must be told, in this order, to bring its view up to date."""
 
-    #: Sequence numbers to announce with EXPUNGE, each valid at the moment it is sent.
+    #: ``(seq, uid)`` of the messages gone, seq valid at the moment its EXPUNGE is sent (the
+    #: UIDs for QRESYNC's VANISHED).
     expunged: list = field(default_factory=list)
-    #: Flags of messages changed elsewhere: sequence number -> flags (after the expunges).
+    #: Messages changed elsewhere: sequence number -> ``(uid, flags, modseq)`` (after the
+    #: expunges).
     flags: dict = field(default_factory=dict)
     #: The new message count, or None if it did not change.
     exists: int | None = None
@@ -157,6 +159,19 @@ class FolderView:
             return bisect.bisect_left(self._uids, low), bisect.bisect_right(self._uids, high)
         return max(low, 1) - 1, max(min(high, len(self._uids)), 0)
 
+    def changed_since(self, modseq: int) -> list:
+        """``(seq, uid)`` of the messages whose modseq is above ``modseq``, ascending."""
+        infos = self._infos
+        return [
+            (seq, uid)
+            for seq, uid in enumerate(self._uids, 1)
+            if infos[uid].modseq > modseq and uid not in self._gone
+        ]
+
+    def missing(self, uids) -> list:
+        """Those of ``uids`` the view does not hold (or knows to be gone), ascending."""
+        return sorted(uid for uid in uids if self.seq(uid) is None or uid in self._gone)
+
     def rows(self, pairs: list):
         """``(seq, IMessageInfo, is \\Recent here)`` for each ``(seq, uid)`` the view holds."""
         infos, recent = self._infos, self._recent
@@ -211,7 +226,8 @@ class FolderView:
         )
 
     def remove(self, uids) -> list:
-        """Drop messages this session expunged; return their sequence numbers, as EXPUNGE wants."""
+        """Drop messages this session expunged; return their ``(seq, uid)``, seq as EXPUNGE
+        wants it."""
         return self._drop(set(uids))
 
     # -- changes made elsewhere -----------------------------------------------------------
@@ -272,9 +288,12 @@ class FolderView:
         if allow_expunge and self._gone:
             updates.expunged = self._drop(self._gone)
         for uid, info in sorted(self._changed.items()):
-            if uid in self._infos and info.flags != self._infos[uid].flags:
-                self._infos[uid] = info
-                updates.flags[self.seq(uid)] = self.flags(uid)
+            known = self._infos.get(uid)
+            if known is None or info.modseq < known.modseq:
+                continue
+            self._infos[uid] = info
+            if info.flags != known.flags:
+                updates.flags[self.seq(uid)] = (uid, self.flags(uid), info.modseq)
         self._changed.clear()
         added = [info for uid, info in sorted(self._added.items()) if uid > self.last_uid]
         self._added.clear()
@@ -293,7 +312,7 @@ class FolderView:
         for index in range(len(self._uids) - 1, -1, -1):
             uid = self._uids[index]
             if uid in uids:
-                expunged.append(index + 1)
+                expunged.append((index + 1, uid))
                 del self._uids[index]
                 del self._infos[uid]
                 self._recent.discard(uid)

@@ -1,0 +1,373 @@
+"""CONDSTORE and QRESYNC (RFC 7162) and ENABLE (RFC 5161), over real sockets: the RFC's examples
+replayed with the mailbox set up so their sequence numbers and UIDs come out; the numbers the
+server chooses (UIDVALIDITY, modseqs) are read from the store and put into the expected lines,
+which are then compared byte for byte, but for FETCH item order and human-readable texts."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+from test_imap import ALICE, PASSWORD, message, read_until
+
+from mailgw.imap import make_factory
+
+
+@pytest.fixture
+def port(server):
+    """Alice and an IMAP listener."""
+    server.add_user(ALICE, PASSWORD)
+    return server.listen(make_factory)
+
+
+@pytest.fixture
+def inbox(server, port):
+    """Alice's INBOX (IFolder) in the store."""
+    return server.store.folder(ALICE)
+
+
+class Client:
+    """A raw logged-in connection; ``run`` returns a command's response lines."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.recv(4096)
+        self.run(b"l LOGIN " + ALICE.encode() + b" " + PASSWORD.encode())
+
+    def run(self, line: bytes) -> list[bytes]:
+        tag = line.split(b" ", 1)[0] + b" "
+        self.sock.sendall(line + b"\r\n")
+        return read_until(self.sock, tag).split(b"\r\n")[:-1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def connect(port):
+    clients = []
+
+    def make() -> Client:
+        clients.append(Client(port))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def fill(inbox, count: int) -> None:
+    """``count`` messages, none \\Recent (as if an earlier session had seen them)."""
+    uids = [inbox.append(message(f"m{n}")) for n in range(1, count + 1)]
+    inbox.mark_seen_by_client(uids)
+
+
+def holes(inbox) -> None:
+    """Eight messages, UIDs 1, 2, 3 and 5 expunged: UIDs 4, 6, 7, 8 are messages 1 to 4, as in
+    the examples of RFC 7162 3.1.3 and 3.1.4.2."""
+    fill(inbox, 8)
+    inbox.expunge([1, 2, 3, 5])
+
+
+def items(line: bytes) -> tuple[int, dict]:
+    """A ``* n FETCH (...)`` line as (n, {item: value}), FLAGS as a set."""
+    found = re.fullmatch(rb"\* (\d+) FETCH \((.*)\)", line)
+    assert found, line
+    body, out = found.group(2), {}
+    for name, value in re.findall(rb"(UID|MODSEQ|FLAGS) (\d+|\(\d+\)|\([^)]*\))", body):
+        out[name] = set(value.strip(b"()").split()) if name == b"FLAGS" else value.strip(b"()")
+    return int(found.group(1)), out
+
+
+def modseq(inbox, uid: int) -> bytes:
+    return b"%d" % inbox.get(uid).modseq
+
+
+def test_capability_announces_enable_condstore_and_qresync(connect):
+    caps = connect().run(b"c CAPABILITY")[0].split()
+    assert {b"ENABLE", b"CONDSTORE", b"QRESYNC"} <= set(caps)
+
+
+def test_enable_lists_what_it_enabled_in_the_authenticated_state_only(connect):
+    """RFC 5161 3 and RFC 7162 3.2.3: ENABLE QRESYNC answers * ENABLED QRESYNC; an extension
+    not supported is ignored; enabling twice lists nothing the second time; ENABLE before
+    login and with a mailbox selected is BAD."""
+    client = connect()
+    assert client.run(b"t2 ENABLE X-GOOD-IDEA QRESYNC") == [
+        b"* ENABLED QRESYNC",
+        b"t2 OK ENABLE completed",
+    ]
+    assert client.run(b"t3 ENABLE CONDSTORE QRESYNC")[0] == b"* ENABLED"
+    client.run(b"s SELECT INBOX")
+    assert client.run(b"t4 ENABLE CONDSTORE")[-1].startswith(b"t4 BAD ")
+    raw = socket.create_connection(client.sock.getpeername(), timeout=10)
+    raw.recv(4096)
+    raw.sendall(b"u ENABLE CONDSTORE\r\n")
+    assert read_until(raw, b"u ").startswith(b"u BAD ")
+    raw.close()
+
+
+def test_select_reports_highestmodseq(connect, inbox):
+    """RFC 7162 3.1.2.1: SELECT answers [HIGHESTMODSEQ n], without CONDSTORE asked too."""
+    fill(inbox, 3)
+    inbox.set_flags(2, {"\\Seen"})
+    lines = connect().run(b"A142 SELECT INBOX")
+    expected = b"* OK [HIGHESTMODSEQ %d] " % inbox.highest_modseq
+    assert [line for line in lines if line.startswith(expected)], lines
+    assert lines[-1] == b"A142 OK [READ-WRITE] SELECT completed"
+
+
+def test_select_condstore_then_changes_elsewhere_carry_modseq(connect, inbox):
+    """RFC 7162 3.1.8 / 3.1.2: SELECT (CONDSTORE) enables CONDSTORE: a flag change made by
+    another session is reported with MODSEQ."""
+    fill(inbox, 2)
+    a, b = connect(), connect()
+    a.run(b"a SELECT INBOX (CONDSTORE)")
+    b.run(b"b SELECT INBOX")
+    b.run(b"b2 STORE 2 +FLAGS (\\Flagged)")
+    assert a.run(b"a2 NOOP") == [
+        b"* 2 FETCH (FLAGS (\\Flagged) MODSEQ (" + modseq(inbox, 2) + b"))",
+        b"a2 OK NOOP completed",
+    ]
+    # b did not enable CONDSTORE: a's change reaches it without MODSEQ.
+    a.run(b"a3 STORE 1 +FLAGS.SILENT (\\Seen)")
+    assert b.run(b"b3 NOOP")[0] == b"* 1 FETCH (FLAGS (\\Seen))"
+
+
+def test_fetch_modseq(connect, inbox):
+    """RFC 7162 3.1.4.1: FETCH (MODSEQ) gives each message's modseq."""
+    fill(inbox, 3)
+    inbox.set_flags(3, {"\\Answered"})
+    client = connect()
+    client.run(b"s SELECT INBOX")
+    assert client.run(b"a FETCH 1,3 (MODSEQ)") == [
+        b"* 1 FETCH (MODSEQ (" + modseq(inbox, 1) + b"))",
+        b"* 3 FETCH (MODSEQ (" + modseq(inbox, 3) + b"))",
+        b"a OK FETCH completed",
+    ]
+
+
+def test_uid_fetch_changedsince(connect, inbox):
+    """RFC 7162 3.1.4.2 (s100): only messages changed since, with UID, MODSEQ and FLAGS."""
+    holes(inbox)
+    since = inbox.highest_modseq
+    inbox.set_flags(4, {"\\Seen"})
+    inbox.set_flags(6, {"\\Deleted"})
+    inbox.set_flags(8, {"$NoJunk", "$AutoJunk", "$MDNSent"})
+    client = connect()
+    client.run(b"s SELECT INBOX")
+    lines = client.run(b"s100 UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % since)
+    assert lines[-1] == b"s100 OK FETCH completed"
+    assert [items(line) for line in lines[:-1]] == [
+        (1, {b"UID": b"4", b"MODSEQ": modseq(inbox, 4), b"FLAGS": {b"\\Seen"}}),
+        (2, {b"UID": b"6", b"MODSEQ": modseq(inbox, 6), b"FLAGS": {b"\\Deleted"}}),
+        (
+            4,
+            {
+                b"UID": b"8",
+                b"MODSEQ": modseq(inbox, 8),
+                b"FLAGS": {b"$NoJunk", b"$AutoJunk", b"$MDNSent"},
+            },
+        ),
+    ]
+    assert client.run(b"s101 FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % inbox.highest_modseq) == [
+        b"s101 OK FETCH completed"
+    ]
+
+
+def test_uid_store_unchangedsince_silent_reports_modseq(connect, inbox):
+    """RFC 7162 3.1.3 example 3 (a103): every message unchanged since, so all are changed and
+    each reported with UID and MODSEQ even though .SILENT."""
+    holes(inbox)
+    client = connect()
+    client.run(b"s SELECT INBOX")
+    lines = client.run(
+        b"a103 UID STORE 6,4,8 (UNCHANGEDSINCE %d) +FLAGS.SILENT (\\Deleted)" % inbox.highest_modseq
+    )
+    assert lines == [
+        b"* 1 FETCH (UID 4 MODSEQ (" + modseq(inbox, 4) + b"))",
+        b"* 2 FETCH (UID 6 MODSEQ (" + modseq(inbox, 6) + b"))",
+        b"* 4 FETCH (UID 8 MODSEQ (" + modseq(inbox, 8) + b"))",
+        b"a103 OK STORE completed",
+    ]
+    assert all("\\Deleted" in inbox.get(uid).flags for uid in (4, 6, 8))
+
+
+def test_store_unchangedsince_modified(connect, inbox):
+    """RFC 7162 3.1.3 example 6 (d105): messages 7 and 9 changed after the modseq given are
+    left alone and named in [MODIFIED 7,9]; 5 is changed and reported."""
+    fill(inbox, 9)
+    since = inbox.highest_modseq
+    inbox.set_flags(7, {"\\Seen"})
+    inbox.set_flags(9, {"\\Answered"})
+    client = connect()
+    client.run(b"s SELECT INBOX")
+    assert client.run(
+        b"d105 STORE 7,5,9 (UNCHANGEDSINCE %d) +FLAGS.SILENT (\\Deleted)" % since
+    ) == [
+        b"* 5 FETCH (MODSEQ (" + modseq(inbox, 5) + b"))",
+        b"d105 OK [MODIFIED 7,9] Conditional STORE failed",
+    ]
+    assert inbox.get(7).flags == {"\\Seen"} and inbox.get(9).flags == {"\\Answered"}
+    assert "\\Deleted" in inbox.get(5).flags
+    # UNCHANGEDSINCE 0 always fails (RFC 7162 3.1.3); UID STORE names UIDs.
+    assert client.run(b"d106 UID STORE 2 (UNCHANGEDSINCE 0) +FLAGS (\\Seen)") == [
+        b"d106 OK [MODIFIED 2] Conditional STORE failed"
+    ]
+    assert inbox.get(2).flags == frozenset()
+    # Not silent: FLAGS and MODSEQ of the changed message.
+    assert client.run(b"d107 STORE 3 (UNCHANGEDSINCE %d) FLAGS (\\Flagged)" % since) == [
+        b"* 3 FETCH (FLAGS (\\Flagged) MODSEQ (" + modseq(inbox, 3) + b"))",
+        b"d107 OK STORE completed",
+    ]
+
+
+def test_search_modseq(connect, inbox):
+    """RFC 7162 3.1.5: SEARCH MODSEQ (with an entry name) ends with the highest modseq of the
+    messages found; nothing found, nothing appended."""
+    fill(inbox, 6)
+    since = inbox.highest_modseq
+    inbox.set_flags(2, {"\\Draft"})
+    inbox.set_flags(5, {"\\Seen"})
+    client = connect()
+    client.run(b"s SELECT INBOX")
+    assert client.run(b'a SEARCH MODSEQ "/flags/\\\\draft" all %d' % (since + 1)) == [
+        b"* SEARCH 2 5 (MODSEQ " + modseq(inbox, 5) + b")",
+        b"a OK SEARCH completed",
+    ]
+    assert client.run(b"t SEARCH OR NOT MODSEQ 1 LARGER 50000") == [
+        b"* SEARCH",
+        b"t OK SEARCH completed",
+    ]
+    assert client.run(b"u UID SEARCH MODSEQ %d" % (since + 1)) == [
+        b"* SEARCH 2 5 (MODSEQ " + modseq(inbox, 5) + b")",
+        b"u OK SEARCH completed",
+    ]
+
+
+def test_select_qresync_needs_enable_and_resynchronises(connect, inbox):
+    """RFC 7162 3.2.5: without ENABLE QRESYNC the parameter is BAD; with it, VANISHED (EARLIER)
+    for the known UIDs expunged since, then the messages changed since with UID, FLAGS and
+    MODSEQ; a UIDVALIDITY that does not match gets a plain SELECT."""
+    fill(inbox, 10)
+    validity, since = inbox.uid_validity, inbox.highest_modseq
+    inbox.expunge([3, 4, 9])
+    inbox.set_flags(7, {"\\Seen", "\\Answered"})
+    inbox.set_flags(8, {"\\Draft", "$MDNSent"})
+    client = connect()
+    resync = b"(QRESYNC (%d %d 1:10))" % (validity, since)
+    assert client.run(b"A00 SELECT INBOX " + resync)[-1].startswith(b"A00 BAD ")
+    client.run(b"A01 ENABLE QRESYNC")
+    lines = client.run(b"A02 SELECT INBOX " + resync)
+    assert lines[0] == b"* 7 EXISTS"
+    assert b"* OK [HIGHESTMODSEQ %d] Highest" % inbox.highest_modseq in lines
+    assert lines[-4:] == [
+        b"* VANISHED (EARLIER) 3:4,9",
+        b"* 5 FETCH (UID 7 FLAGS (\\Answered \\Seen) MODSEQ (" + modseq(inbox, 7) + b"))",
+        b"* 6 FETCH (UID 8 FLAGS ($MDNSent \\Draft) MODSEQ (" + modseq(inbox, 8) + b"))",
+        b"A02 OK [READ-WRITE] SELECT completed",
+    ]
+    # Only the known UIDs are reported vanished; [CLOSED] as the new SELECT replaces the old.
+    lines = client.run(b"A03 EXAMINE INBOX (QRESYNC (%d %d 4:6,9))" % (validity, since))
+    assert lines[0] == b"* OK [CLOSED] Previous mailbox is now closed"
+    assert b"* VANISHED (EARLIER) 4,9" in lines
+    lines = client.run(b"A04 SELECT INBOX (QRESYNC (%d %d))" % (validity + 1, since))
+    assert not [line for line in lines if b"VANISHED" in line or b"FETCH" in line], lines
+
+
+def test_select_qresync_falls_back_to_the_known_uids_and_sequence_match(connect, inbox):
+    """RFC 7162 3.2.5.2: when the server cannot tell what vanished since the modseq (here one
+    it never gave), every known UID not present is reported, but for those below the last
+    sequence-match pair that still holds."""
+    fill(inbox, 10)
+    validity = inbox.uid_validity
+    inbox.expunge([2, 6, 8])
+    future = inbox.highest_modseq + 1000
+    client = connect()
+    client.run(b"e ENABLE QRESYNC")
+    lines = client.run(b"s SELECT INBOX (QRESYNC (%d %d 1:10))" % (validity, future))
+    assert b"* VANISHED (EARLIER) 2,6,8" in lines
+    # Client's message 4 was UID 5 and is still (after 2 went, 5 is message 4): UIDs up to 5
+    # are not reported.
+    lines = client.run(b"s2 SELECT INBOX (QRESYNC (%d %d 1:10 (4 5)))" % (validity, future))
+    assert b"* VANISHED (EARLIER) 6,8" in lines
+
+
+def test_uid_fetch_vanished(connect, inbox):
+    """RFC 7162 3.2.6 (A03): UID FETCH ... (CHANGEDSINCE m VANISHED) first tells the UIDs of
+    the set expunged since m; without QRESYNC enabled, or without UID, it is BAD."""
+    fill(inbox, 10)
+    since = inbox.highest_modseq
+    inbox.expunge([1, 2, 5])
+    inbox.set_flags(4, {"\\Seen"})
+    client = connect()
+    client.run(b"s SELECT INBOX")
+    assert client.run(b"A01 UID FETCH 3:8 (FLAGS) (CHANGEDSINCE %d VANISHED)" % since)[
+        -1
+    ].startswith(b"A01 BAD ")
+    client.run(b"u UNSELECT")
+    client.run(b"e ENABLE QRESYNC")
+    client.run(b"s2 SELECT INBOX")
+    lines = client.run(b"A03 UID FETCH 2:8 (FLAGS) (CHANGEDSINCE %d VANISHED)" % since)
+    assert lines[0] == b"* VANISHED (EARLIER) 2,5"
+    assert [items(line) for line in lines[1:-1]] == [
+        (2, {b"UID": b"4", b"MODSEQ": modseq(inbox, 4), b"FLAGS": {b"\\Seen"}})
+    ]
+    assert client.run(b"A04 FETCH 1 (FLAGS) (CHANGEDSINCE %d VANISHED)" % since)[-1].startswith(
+        b"A04 BAD "
+    )
+
+
+def test_vanished_instead_of_expunge_with_qresync(connect, inbox):
+    """RFC 7162 3.2.10: once QRESYNC is enabled, EXPUNGE, UID EXPUNGE, MOVE and expunges by
+    another session are told with VANISHED (UIDs), flag changes with UID and MODSEQ."""
+    fill(inbox, 8)
+    a, b = connect(), connect()
+    a.run(b"e ENABLE QRESYNC")
+    a.run(b"s SELECT INBOX")
+    b.run(b"s SELECT INBOX")
+    a.run(b"a1 STORE 2,4 +FLAGS.SILENT (\\Deleted)")
+    assert a.run(b"A202 EXPUNGE") == [b"* VANISHED 2,4", b"A202 OK EXPUNGE completed"]
+    a.run(b"a2 UID STORE 5:6 +FLAGS.SILENT (\\Deleted)")
+    assert a.run(b"a3 UID EXPUNGE 6") == [b"* VANISHED 6", b"a3 OK EXPUNGE completed"]
+    a.run(b"c CREATE Archive")
+    lines = a.run(b"a4 UID MOVE 7 Archive")
+    assert lines[-2:] == [b"* VANISHED 7", b"a4 OK MOVE completed"]
+    b.run(b"b1 STORE 1 +FLAGS (\\Deleted)")
+    b.run(b"b2 EXPUNGE")
+    b.run(b"b3 UID STORE 3 +FLAGS (\\Flagged)")
+    assert a.run(b"a5 NOOP") == [
+        b"* VANISHED 1,5",
+        b"* 1 FETCH (FLAGS (\\Flagged) UID 3 MODSEQ (" + modseq(inbox, 3) + b"))",
+        b"* 2 EXISTS",
+        b"* 0 RECENT",
+        b"a5 OK NOOP completed",
+    ]
+
+
+def test_fetch_setting_seen_reports_modseq_once_condstore_is_enabled(connect, inbox):
+    """A FETCH that sets \\Seen, after a CONDSTORE enabling action, reports MODSEQ with FLAGS;
+    every message of a STORE of many is changed by one store call (one modseq)."""
+    fill(inbox, 5)
+    client = connect()
+    client.run(b"s SELECT INBOX")
+    client.run(b"f FETCH 1 (MODSEQ)")
+    lines = client.run(b"g FETCH 1 (BODY[HEADER.FIELDS (SUBJECT)])")
+    assert b"MODSEQ (" + modseq(inbox, 1) + b")" in b"\r\n".join(lines)
+    assert "\\Seen" in inbox.get(1).flags
+    client.run(b"h UID STORE 1:* +FLAGS.SILENT (\\Flagged)")
+    assert len({inbox.get(uid).modseq for uid in range(1, 6)}) == 1
+
+
+def test_bad_condstore_input_is_bad(connect, inbox):
+    fill(inbox, 1)
+    client = connect()
+    client.run(b"s SELECT INBOX")
+    for line in (
+        b"a STORE 1 (UNCHANGEDSINCE x) +FLAGS (\\Seen)",
+        b"b FETCH 1 (FLAGS) (CHANGEDSINCE)",
+        b"c SEARCH MODSEQ",
+        b"d SELECT INBOX (QRESYNC (1))",
+    ):
+        assert client.run(line)[-1].startswith(line[:2] + b"BAD "), line
