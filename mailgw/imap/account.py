@@ -10,18 +10,15 @@ login.
 
 from __future__ import annotations
 
-import re
-
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import Interface, implementer
 
 from mailgw.imap.errors import MailboxError, MailboxExists, NoSuchMailbox, StoreFailed, in_thread
+from mailgw.imap.listing import DELIMITER
 from mailgw.imap.mailbox import SessionMailbox, folder_snapshot
 from mailgw.imap.parsing import storable_flags
 from mailgw.store.interfaces import FolderExists, NoSuchMessage
 from mailgw.store.subscriptions import change_subscriptions, read_subscriptions
-
-DELIMITER = "."
 
 #: The folders every new user gets, with their RFC 6154 attribute.
 SPECIAL_USE = {
@@ -38,24 +35,15 @@ class IAccount(Interface):
 
 
 def folder_name(name: str) -> str:
-    """The store's name for an IMAP mailbox name: ``INBOX`` in any case means the INBOX."""
+    """The store's name for an IMAP mailbox name: ``INBOX`` in any case means the INBOX; a
+    name that was not valid modified UTF-7 on the wire (``mutf7.Undecodable``) fails with
+    ``MailboxError``."""
+    reason = getattr(name, "undecodable", None)
+    if reason is not None:
+        raise MailboxError(f"Mailbox name is not valid: {reason}")
     if name.upper() == "INBOX":
         return "INBOX"
     return name
-
-
-def list_pattern(pattern: str) -> re.Pattern:
-    """LIST's ``*`` (anything) and ``%`` (anything but the delimiter) as a regular expression
-    matching whole names; everything else stands for itself."""
-    parts = []
-    for char in pattern:
-        if char == "*":
-            parts.append(".*")
-        elif char == "%":
-            parts.append("[^" + re.escape(DELIMITER) + "]*")
-        else:
-            parts.append(re.escape(char))
-    return re.compile("".join(parts), re.DOTALL)
 
 
 @implementer(IAccount)
@@ -92,35 +80,15 @@ class MailAccount:
 
         return self._run(work)
 
-    def list_folders(self, reference: str, pattern: str, subscribed: bool = False) -> Deferred:
-        """``[(name, [attribute, ...])]`` for the folders matching ``reference`` + ``pattern``
-        (only the subscribed ones, LSUB, if ``subscribed``)."""
-        regex = list_pattern(reference + pattern)
+    def names(self) -> Deferred:
+        """``(folder names, subscribed names)`` of the user, for LIST and LSUB."""
         store, address = self._store, self.address
 
         def work():
-            names = store.list_folders(address)
-            subs = read_subscriptions(store.user_dir(address)) if subscribed else None
-            return names, subs
+            subscribed = read_subscriptions(store.user_dir(address)) or []
+            return store.list_folders(address), subscribed
 
-        def matching(result):
-            names, subs = result
-            shown = names if subs is None else subs
-            existing = set(names)
-            found = []
-            for name in shown:
-                if not regex.fullmatch(name) and not (name == "INBOX" and regex.fullmatch("inbox")):
-                    continue
-                children = any(other.startswith(name + DELIMITER) for other in names)
-                flags = ["\\HasChildren" if children else "\\HasNoChildren"]
-                if name in SPECIAL_USE:
-                    flags.append(SPECIAL_USE[name])
-                if name not in existing:
-                    flags = ["\\Noselect"]
-                found.append((name, flags))
-            return found
-
-        return self._run(work).addCallback(matching)
+        return self._run(work)
 
     def target(self, name: str) -> Deferred:
         """The store folder ``name`` (for COPY/MOVE); fails with NoSuchMailbox."""
@@ -155,7 +123,7 @@ class MailAccount:
 
     def create(self, name: str) -> Deferred:
         """Create a folder (a trailing '.' only says it will hold children)."""
-        name = folder_name(name.rstrip(DELIMITER))
+        name = folder_name(folder_name(name).rstrip(DELIMITER))
         if name == "INBOX":
             raise MailboxExists("[ALREADYEXISTS] INBOX always exists")
         return self._run(self._store.create_folder, self.address, name, folder=name)
@@ -223,12 +191,18 @@ class MailAccount:
         return self._run(work, folder=name)
 
     def status(self, name: str, items) -> Deferred:
-        """STATUS items of a folder, without selecting it: {item: int}, in the order asked."""
+        """STATUS items of a folder, without selecting it: {item: int}, in the order asked.
+        SIZE (RFC 8438) and DELETED come from the folder's index (no message is read),
+        HIGHESTMODSEQ from the folder."""
+        name = folder_name(name)
 
-        def report(mailbox: SessionMailbox | None) -> dict:
+        def report(mailbox: SessionMailbox | None) -> Deferred:
             if mailbox is None:
                 raise NoSuchMailbox("No such mailbox")
-            return mailbox.status(items)
+            folder = mailbox.folder
+            infos = folder.messages_if_fresh()
+            found = succeed(infos) if infos is not None else self._run(folder.messages)
+            return found.addCallback(lambda infos: _status(mailbox, infos, items))
 
         return self.select(name, False).addCallback(report)
 
@@ -236,6 +210,16 @@ class MailAccount:
         """The session ended: stop watching every folder it showed."""
         for mailbox in list(self.watched):
             mailbox.close()
+
+
+def _status(mailbox: SessionMailbox, infos, items) -> dict[str, int]:
+    extra = {
+        "SIZE": lambda: sum(info.size for info in infos),
+        "DELETED": lambda: sum(1 for info in infos if "\\Deleted" in info.flags),
+        "HIGHESTMODSEQ": lambda: mailbox.folder.highest_modseq,
+    }
+    plain = mailbox.status([item for item in items if item not in extra])
+    return {item: plain[item] if item in plain else extra[item]() for item in items}
 
 
 def make_avatar(store, address: str) -> tuple:

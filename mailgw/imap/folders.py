@@ -1,5 +1,7 @@
 """The commands of the authenticated state: CREATE, DELETE, RENAME, (UN)SUBSCRIBE,
-LIST, LSUB, NAMESPACE, STATUS and APPEND (MULTIAPPEND, RFC 3502; APPENDUID, RFC 4315).
+LIST, LSUB, NAMESPACE, STATUS and APPEND (MULTIAPPEND, RFC 3502; APPENDUID, RFC 4315), with
+LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), SPECIAL-USE (RFC 6154) and STATUS=SIZE
+(RFC 8438); what LIST and LSUB list is ``listing``'s.
 
 Every one answers when the store is done (its calls run in threads); a folder that does not
 exist is ``NO [NONEXISTENT]`` (``[TRYCREATE]`` for APPEND), a store failure ``[SERVERBUG]`` or
@@ -10,14 +12,17 @@ from __future__ import annotations
 
 from twisted.python.failure import Failure
 
-from mailgw.imap.account import DELIMITER, folder_name
+from mailgw.imap.account import SPECIAL_USE
+from mailgw.imap.listing import DELIMITER, Listed, Query, list_mailboxes, lsub_mailboxes
 from mailgw.imap.reply import Reply, bad, failed, no, ok
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import mutf7
 from mailgw.imap.wire import responses as r
 
-#: STATUS items mailgw answers.
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+#: What these commands add to CAPABILITY.
+CAPABILITIES = [b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE"]
+#: The extended data item of a name listed for its subscribed children (RFC 5258 3.5).
+_CHILDINFO = r.Atom(b'("CHILDINFO" ("SUBSCRIBED"))')
 
 
 async def _answer(work, done: bytes, command: bytes, missing: bytes = b"[NONEXISTENT]") -> Reply:
@@ -29,20 +34,24 @@ async def _answer(work, done: bytes, command: bytes, missing: bytes = b"[NONEXIS
 
 
 async def create(session, command: c.Create) -> Reply:
-    """CREATE a folder."""
+    """CREATE a folder; ``(USE (...))`` (RFC 6154) only as the folder's name implies it (the
+    special-use folders are known by name), else ``NO [USEATTR]``."""
+    wanted = {flag.lower() for flag in command.special_use}
+    if wanted and wanted != {SPECIAL_USE.get(command.mailbox, "").lower()}:
+        return no(b"[USEATTR] Special-use attributes follow the folder name here")
     return await _answer(lambda: session.account.create(command.mailbox), b"CREATE done", b"CREATE")
 
 
 async def delete(session, command: c.Delete) -> Reply:
     """DELETE a folder (never INBOX)."""
-    if folder_name(command.mailbox) == "INBOX":
+    if command.mailbox == "INBOX":  # the parser spells INBOX so in any case
         return no(b"INBOX cannot be deleted")
     return await _answer(lambda: session.account.delete(command.mailbox), b"DELETE done", b"DELETE")
 
 
 async def rename(session, command: c.Rename) -> Reply:
     """RENAME a folder; RENAME INBOX moves its messages to the new folder."""
-    if folder_name(command.new) == "INBOX":
+    if command.new == "INBOX":
         return no(b"[ALREADYEXISTS] INBOX always exists")
     work = lambda: session.account.rename(command.old, command.new)  # noqa: E731
     return await _answer(work, b"RENAME done", b"RENAME")
@@ -60,33 +69,54 @@ async def unsubscribe(session, command: c.Unsubscribe) -> Reply:
     return await _answer(work, b"UNSUBSCRIBE completed", b"UNSUBSCRIBE")
 
 
-async def _listing(session, kind: bytes, reference: str, pattern: str, subscribed: bool) -> Reply:
-    if not pattern and not subscribed:
-        session.send(r.untagged(r.Atom(kind), r.flag_list(["\\Noselect"]), DELIMITER, ""))
-        return ok(kind + b" completed")
-    try:
-        found = await session.account.list_folders(reference, pattern, subscribed)
-    except Exception:
-        return failed(Failure(), kind)
-    session.send(
-        b"".join(
-            r.untagged(r.Atom(kind), r.flag_list(flags), DELIMITER, mutf7.encode(name))
-            for name, flags in found
-        )
-    )
-    return ok(kind + b" completed")
+def _undecodable(name: str) -> bool:
+    return getattr(name, "undecodable", None) is not None
+
+
+def _list_line(kind: bytes, listed: Listed) -> bytes:
+    values = [r.Atom(kind), r.flag_list(listed.attributes), DELIMITER, mutf7.encode(listed.name)]
+    if listed.child_info:
+        values.append(_CHILDINFO)
+    return r.untagged(*values)
 
 
 async def list_(session, command: c.List) -> Reply:
-    """LIST (the RFC 3501 form; a LIST-EXTENDED one is BAD)."""
-    if command.extended or len(command.patterns) != 1:
-        return bad(b"LIST-EXTENDED is not supported")
-    return await _listing(session, b"LIST", command.reference, command.patterns[0], False)
+    """LIST, plain or extended: selection and return options, several patterns, and the STATUS
+    of each selectable mailbox listed after its LIST line (RETURN (STATUS ...))."""
+    patterns = tuple(p for p in command.patterns if not _undecodable(p))
+    if command.patterns == ("",) and not command.extended:
+        session.send(r.untagged(r.Atom(b"LIST"), r.flag_list(["\\Noselect"]), DELIMITER, ""))
+        return ok(b"LIST completed")
+    if _undecodable(command.reference) or not patterns:
+        return ok(b"LIST completed")
+    try:
+        folders, subscribed = await session.account.names()
+    except Exception:
+        return failed(Failure(), b"LIST")
+    returns = set(command.returns)
+    if "SUBSCRIBED" in command.selection:
+        returns.add("SUBSCRIBED")
+    query = Query(command.reference, patterns, frozenset(command.selection), frozenset(returns))
+    for listed in list_mailboxes(query, folders, subscribed, SPECIAL_USE):
+        line = _list_line(b"LIST", listed)
+        if command.status and listed.selectable:
+            line += await _status_line(session, listed.name, command.status)
+        session.send(line)
+    return ok(b"LIST completed")
 
 
 async def lsub(session, command: c.Lsub) -> Reply:
-    """LSUB: the subscribed names (those without a folder are \\Noselect)."""
-    return await _listing(session, b"LSUB", command.reference, command.pattern, True)
+    """LSUB: the subscribed names (those without a folder are \\Noselect), and the parents a
+    ``%`` stops at above them (\\Noselect unless subscribed)."""
+    if _undecodable(command.reference) or _undecodable(command.pattern):
+        return ok(b"LSUB completed")
+    try:
+        folders, subscribed = await session.account.names()
+    except Exception:
+        return failed(Failure(), b"LSUB")
+    found = lsub_mailboxes(command.reference, command.pattern, set(folders), subscribed)
+    session.send(b"".join(_list_line(b"LSUB", listed) for listed in found))
+    return ok(b"LSUB completed")
 
 
 async def namespace(session, command: c.Namespace) -> Reply:
@@ -95,16 +125,30 @@ async def namespace(session, command: c.Namespace) -> Reply:
     return ok(b"NAMESPACE completed")
 
 
+async def _status_line(session, name: str, items) -> bytes:
+    """``* STATUS`` of a listed folder, or nothing if it cannot be read now (RFC 5819)."""
+    try:
+        values = await session.account.status(name, items)
+    except Exception:
+        return b""
+    return _status_response(name, values)
+
+
+def _status_response(name: str, values: dict) -> bytes:
+    pairs = [value for item, number in values.items() for value in (r.Atom(item.encode()), number)]
+    return r.untagged(r.Atom(b"STATUS"), mutf7.encode(name), pairs)
+
+
 async def status(session, command: c.Status) -> Reply:
-    """STATUS of a folder, read without selecting it."""
-    if not command.items or not set(command.items) <= set(STATUS_ITEMS):
-        return bad(b"Unknown STATUS item")
+    """STATUS of a folder, read without selecting it: the RFC 3501 items, SIZE (RFC 8438),
+    DELETED and HIGHESTMODSEQ (RFC 7162)."""
+    if not command.items:
+        return bad(b"STATUS needs items")
     try:
         values = await session.account.status(command.mailbox, command.items)
     except Exception:
         return failed(Failure(), b"STATUS")
-    pairs = [value for item, number in values.items() for value in (r.Atom(item.encode()), number)]
-    session.send(r.untagged(r.Atom(b"STATUS"), mutf7.encode(command.mailbox), pairs))
+    session.send(_status_response(command.mailbox, values))
     return ok(b"STATUS completed")
 
 

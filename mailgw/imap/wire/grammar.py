@@ -289,6 +289,8 @@ class Reader:
         try:
             return mutf7.decode(raw)
         except ValueError as error:
+            if raw.isascii():
+                return mutf7.Undecodable(raw.decode("ascii"), str(error))
             self.fail(f"bad mailbox name: {error}")
 
     def flag(self, reason: str) -> str:

@@ -3,7 +3,9 @@
 ``encode`` gives the canonical form; ``decode`` accepts only the canonical form (the one
 ``encode`` gives back) and raises ValueError on anything else: bad or non-zero-padded base64, a
 ``&`` section left open, printable ASCII or a broken surrogate pair inside a section, and raw
-control characters.  As Dovecot does for clients that send UTF-8 names (RFC 6855 style), bytes
+control characters.  A parser keeps an ASCII name that does not decode as ``Undecodable``, so
+that the command can answer NO for it as Dovecot does (a LIST pattern of it matches nothing).
+As Dovecot does for clients that send UTF-8 names (RFC 6855 style), bytes
 with 8-bit octets that are valid UTF-8 are taken as UTF-8 as they are (``&`` included).
 """
 
@@ -16,6 +18,19 @@ _DIRECT = frozenset(range(0x20, 0x7F)) - {ord("&")}
 #: A name of printable ASCII without ``&``: the same in modified UTF-7 (the common case).
 _PLAIN = re.compile(rb"[\x20-\x25\x27-\x7e]*")
 _BASE64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,")
+
+
+class Undecodable(str):
+    """A mailbox name or pattern in ASCII that is not valid modified UTF-7: the client's text,
+    with ``undecodable`` saying why (for the NO that answers it)."""
+
+    undecodable: str
+
+    def __new__(cls, text: str, reason: str) -> Undecodable:
+        """``text`` as sent, ``reason`` why it does not decode."""
+        name = super().__new__(cls, text)
+        name.undecodable = reason
+        return name
 
 
 def encode(name: str) -> bytes:

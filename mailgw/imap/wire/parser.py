@@ -206,8 +206,8 @@ def _list(reader: Reader, tag: bytes) -> c.List:
         for option in selection:
             if option not in _SELECTION:
                 reader.fail(f"unknown LIST selection option {option[:24]}")
-        if selection and set(selection) <= {"RECURSIVEMATCH"}:
-            reader.fail("RECURSIVEMATCH needs another selection option")
+        if "RECURSIVEMATCH" in selection and set(selection) <= {"RECURSIVEMATCH", "REMOTE"}:
+            reader.fail("RECURSIVEMATCH needs another selection option than REMOTE")
         reader.sp("LIST needs a reference and a mailbox pattern")
     reference = reader.mailbox("LIST needs a reference and a mailbox pattern")
     reader.sp("LIST needs a mailbox pattern")
