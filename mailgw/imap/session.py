@@ -223,6 +223,7 @@ class IMAPSession(Protocol, TimeoutMixin):
         caps += [b"MULTIAPPEND", b"SPECIAL-USE", b"COMPRESS=DEFLATE"]
         caps += [b"ENABLE", b"CONDSTORE", b"QRESYNC"]
         caps += ordering_commands.CAPABILITIES
+        caps += folders.CAPABILITIES
         caps.append(b"APPENDLIMIT=%d" % self.context.limits.message_size)
         return caps
 
