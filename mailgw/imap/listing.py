@@ -127,16 +127,16 @@ def list_mailboxes(
         if by_use and name not in special_use:
             continue
         attributes: list[str] = []
+        if show_subscribed and name in subscribed:
+            attributes.append("\\Subscribed")
         if not is_folder:
             gone = by_subscription and name in subscribed
             attributes.append("\\NonExistent" if gone else "\\Noselect")
+        elif name in special_use:
+            attributes.append(special_use[name])
         if children:
             has = _has_children(name, existing)
             attributes.append("\\HasChildren" if has else "\\HasNoChildren")
-        if show_subscribed and name in subscribed:
-            attributes.append("\\Subscribed")
-        if is_folder and name in special_use:
-            attributes.append(special_use[name])
         found.append(Listed(name, tuple(attributes), name in informed, is_folder))
     return found
 
