@@ -64,11 +64,11 @@ TIMEOUT = 60.0
 BAD_COMMANDS = 3
 #: Whether two read-write sessions shown \Recent for one message fail the run.  Today's server
 #: does that (test_recent_goes_to_one_session_only, xfail); the run counts it meanwhile.
-STRICT_RECENT = False
+STRICT_RECENT = True
 #: Whether a session's view may lack messages a fresh session has, below UIDs it has (today's
 #: server: a session that SELECTs while an APPEND is between taking its UID and showing the
 #: message never learns of it); counted meanwhile.  Set True once fixed.
-STRICT_SKIPPED = False
+STRICT_SKIPPED = True
 #: Mailbox size around which owners \Deleted more and more of their messages.
 TARGET_SIZE = 60
 _TEXT = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,;:!?-=+*/()[]<>'\"%"
@@ -641,12 +641,6 @@ def test_fifty_clients_on_shared_mailboxes_stay_in_sync(imap_port):
     assert min(client.operations for client in clients) >= 1, "a client was starved"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProtocolError,
-    reason="today's server gives \\Recent of a message another session already took to a session"
-    " that APPENDs to its selected mailbox",
-)
 def test_recent_goes_to_one_session_only(imap_port):
     """A and B select an empty INBOX; C appends m1; A's NOOP takes it as recent; B appends m2:
     m1 is not \\Recent for B, and m2 is \\Recent for one of A and B only (RFC 3501 2.3.2)."""
