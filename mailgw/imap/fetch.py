@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from mailgw.imap import cache
 from mailgw.imap.errors import in_thread
 from mailgw.imap.reply import Reply, bad, failed, no, ok
 from mailgw.imap.selected import checked_set
@@ -221,40 +222,62 @@ def _cached_header(folder_path: str, info) -> bytes:
 
 
 class _Message:
-    """One message's content as a batch's items need it, read and parsed once."""
+    """One message's content as a batch's items need it, read (on first need) and parsed once;
+    its ENVELOPE, BODY and BODYSTRUCTURE are taken from the process's cache when there."""
 
-    __slots__ = ("data", "header", "_parsed")
+    __slots__ = ("_folder", "_path", "_info", "_reads", "_cached", "_key", "_read", "_parsed")
 
-    def __init__(self, folder, folder_path: str, info, reads: int, cached: bool) -> None:
-        """Read what ``reads`` says; only from the page cache if ``cached`` (else _Cold)."""
-        self.data = self.header = None
-        if reads == WHOLE:
-            if cached:
-                self.data = _cached(folder_path, info, info.size)
+    def __init__(self, folder, folder_path: str, info, reads: int, cached: bool, key) -> None:
+        """Read what ``reads`` says when first asked; only from the page cache if ``cached``
+        (else _Cold).  ``key`` is the folder's ``(address, name, UIDVALIDITY)``."""
+        self._folder, self._path, self._info = folder, folder_path, info
+        self._reads, self._cached, self._key = reads, cached, key
+        self._read = self._parsed = None
+
+    def _octets(self) -> bytes:
+        if self._read is None:
+            folder, path, info = self._folder, self._path, self._info
+            if self._reads == WHOLE:
+                if self._cached:
+                    self._read = _cached(path, info, info.size)
+                else:
+                    self._read = _whole(folder, path, info)
+            elif self._cached:
+                self._read = _cached_header(path, info)
             else:
-                self.data = _whole(folder, folder_path, info)
-        elif reads == HEADER:
-            if cached:
-                self.header = _cached_header(folder_path, info)
-            else:
-                self.header = _header(folder, folder_path, info)
-        self._parsed = None
+                self._read = _header(folder, path, info)
+        return self._read
+
+    @property
+    def data(self) -> bytes | None:
+        """The whole message, if the FETCH reads it whole."""
+        return self._octets() if self._reads == WHOLE else None
 
     @property
     def parsed(self):
         if self._parsed is None:
-            self._parsed = parse_message(self.data if self.data is not None else self.header)
+            self._parsed = parse_message(self._octets())
         return self._parsed
 
     def envelope(self) -> list:
-        if self.data is None:
-            return envelope_of_header(self.header)
+        if self._reads != WHOLE:
+            return envelope_of_header(self._octets())
         return self.parsed.envelope()
 
     def section(self, section: c.Section) -> bytes:
         if section.part == () and section.text is None:
             return self.data
         return self.parsed.section(section)
+
+    def item(self, name: bytes, compute) -> bytes:
+        """``name`` and the serialised value ``compute()`` gives, computed once per process
+        for this message (``cache.items``)."""
+        key = (self._key, self._info.uid, name)
+        value = cache.items.get(key)
+        if value is None:
+            value = name + b" " + compute()
+            cache.items.put(key, value)
+        return value
 
 
 def _maker(attribute: c.FetchAttribute):
@@ -272,10 +295,14 @@ def _maker(attribute: c.FetchAttribute):
     if name == "INTERNALDATE":
         return lambda info, flags, message: b"INTERNALDATE " + internal_date(info.internal_date)
     if name == "ENVELOPE":
-        return lambda info, flags, message: b"ENVELOPE " + r.encode(message.envelope())
+        return lambda info, flags, message: message.item(
+            b"ENVELOPE", lambda: r.encode(message.envelope())
+        )
     if name in ("BODYSTRUCTURE", "BODY") and section is None:
-        head, extended = name.encode() + b" ", name == "BODYSTRUCTURE"
-        return lambda info, flags, message: head + r.encode(message.parsed.body_structure(extended))
+        head, extended = name.encode(), name == "BODYSTRUCTURE"
+        return lambda info, flags, message: message.item(
+            head, lambda: r.encode(message.parsed.body_structure(extended))
+        )
     if name == "BODY":
         label = section_label(name, section, partial)
         return lambda info, flags, message: r.literal_item(
@@ -345,6 +372,7 @@ def serialise(folder, rows: list, plan: Plan, cached: bool = False) -> tuple[lis
 def _general(folder, rows: list, plan: Plan, flags_of: _Flags, cached: bool) -> tuple[list, list]:
     """``serialise`` for items that read the message or set \\Seen: (writes, changed)."""
     folder_path = str(folder.path)
+    key = (folder.address, folder.name, folder.uid_validity)
     makers = [_maker(attribute) for attribute in plan.attributes]
     reads = plan.reads
     changed: list = []
@@ -361,11 +389,12 @@ def _general(folder, rows: list, plan: Plan, flags_of: _Flags, cached: bool) -> 
         try:
             if SEEN not in info.flags and plan.sets_seen:
                 info = seen.get(info.uid) or folder.get(info.uid)
-            message = _Message(folder, folder_path, info, reads, cached) if reads else None
+            message = _Message(folder, folder_path, info, reads, cached, key) if reads else None
+            flags = flags_of[info.flags, recent]
+            items = [make(info, flags, message) for make in makers]
         except NoSuchMessage:
             continue
-        flags = flags_of[info.flags, recent]
-        parts = r.fetch_response_parts(seq, [make(info, flags, message) for make in makers])
+        parts = r.fetch_response_parts(seq, items)
         length = sum(map(len, parts))
         if length >= CHUNK:  # its literal is written as it is, not copied into a group
             if group:
