@@ -248,6 +248,20 @@ def test_rfc5819_example_list_status(imap, server):
     )
 
 
+def test_list_status_skips_names_listed_only_for_childinfo(imap):
+    """RETURN (STATUS) with RECURSIVEMATCH: no STATUS for a parent listed only for CHILDINFO,
+    nor for a subscribed name without a folder."""
+    imap.make(["Foo", "Foo.Bar", "Baz"], ["Foo.Bar", "Baz", "Gone"])
+    command = b'A1 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%" RETURN (STATUS (MESSAGES))'
+    assert imap.run(command) == lines(
+        '* LIST (\\Subscribed) "." "Baz"',
+        '* STATUS "Baz" (MESSAGES 0)',
+        '* LIST () "." "Foo" ("CHILDINFO" ("SUBSCRIBED"))',
+        '* LIST (\\Subscribed \\NonExistent) "." "Gone"',
+        "A1 OK LIST completed",
+    )
+
+
 def test_rfc6154_special_use_selection_and_return_option(imap):
     """RFC 6154 section 5.2: the SPECIAL-USE selection lists only special-use folders; the
     attributes are also given without it."""

@@ -99,7 +99,7 @@ async def list_(session, command: c.List) -> Reply:
     query = Query(command.reference, patterns, frozenset(command.selection), frozenset(returns))
     for listed in list_mailboxes(query, folders, subscribed, SPECIAL_USE):
         line = _list_line(b"LIST", listed)
-        if command.status and listed.selectable:
+        if command.status and listed.with_status:
             line += await _status_line(session, listed.name, command.status)
         session.send(line)
     return ok(b"LIST completed")

@@ -53,13 +53,13 @@ def parents(name: str) -> list[str]:
 @dataclass(frozen=True)
 class Listed:
     """One LIST/LSUB response: the name, its attributes, whether it carries
-    ``CHILDINFO ("SUBSCRIBED")``, and whether it is a folder one can SELECT (it gets the
-    ``STATUS`` of RFC 5819)."""
+    ``CHILDINFO ("SUBSCRIBED")``, and whether the ``STATUS`` of RFC 5819 follows it (a folder
+    that meets the selection, not one listed only for its children)."""
 
     name: str
     attributes: tuple[str, ...]
     child_info: bool = False
-    selectable: bool = True
+    with_status: bool = True
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,8 @@ def list_mailboxes(
         if children:
             has = _has_children(name, existing)
             attributes.append("\\HasChildren" if has else "\\HasNoChildren")
-        found.append(Listed(name, tuple(attributes), name in informed, is_folder))
+        chosen = is_folder and (name in subscribed or not by_subscription)
+        found.append(Listed(name, tuple(attributes), name in informed, chosen))
     return found
 
 
@@ -160,5 +161,5 @@ def lsub_mailboxes(
     listed = []
     for name in _in_order(names):
         selectable = names[name] and name in folders
-        listed.append(Listed(name, () if selectable else ("\\Noselect",), selectable=selectable))
+        listed.append(Listed(name, () if selectable else ("\\Noselect",), with_status=selectable))
     return listed
