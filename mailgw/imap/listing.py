@@ -86,11 +86,6 @@ def _hierarchy(names: Iterable[str]) -> list[str]:
     return _in_order(every)
 
 
-def _has_children(name: str, folders: Collection[str]) -> bool:
-    prefix = name + DELIMITER
-    return any(other.startswith(prefix) for other in folders)
-
-
 def list_mailboxes(
     query: Query,
     folders: Collection[str],
@@ -110,6 +105,7 @@ def list_mailboxes(
     show_subscribed = by_subscription or "SUBSCRIBED" in query.returns
     children = "CHILDREN" in query.returns
     existing = set(folders)
+    with_children = {parent for name in existing for parent in parents(name)}
     recursive = by_subscription and "RECURSIVEMATCH" in query.selection
     informed = set()
     if recursive:
@@ -135,7 +131,7 @@ def list_mailboxes(
         elif name in special_use:
             attributes.append(special_use[name])
         if children:
-            has = _has_children(name, existing)
+            has = name in with_children
             attributes.append("\\HasChildren" if has else "\\HasNoChildren")
         chosen = is_folder and (name in subscribed or not by_subscription)
         found.append(Listed(name, tuple(attributes), name in informed, chosen))
