@@ -123,10 +123,11 @@ def test_append_size_limit(tmp_path):
         srv.close()
 
 
-def test_line_over_16k_gets_reply(port):
-    """A command line over the limit is answered (BAD, BYE) before the connection closes."""
+def test_line_over_the_limit_gets_reply(port):
+    """A command line over the limit (64 KB by default) is answered (BAD, BYE) before the
+    connection closes."""
     sock = raw_session(port)
-    sock.sendall(b"x NOOP " + b"a" * 17000 + b"\r\n")
+    sock.sendall(b"x NOOP " + b"a" * 70000 + b"\r\n")
     data = read_until(sock, b"* BYE")
     assert b"BAD" in data and b"BYE" in data
     sock.close()
