@@ -221,6 +221,49 @@ def _cached_header(folder_path: str, info) -> bytes:
     return header_block(data)
 
 
+class _Piecewise:
+    """A large message's file, open, as the literal of a FETCH item: sent in pieces of CHUNK
+    octets read in the worker thread, so it is never held whole (``len`` is its size)."""
+
+    __slots__ = ("_file", "_left", "size")
+
+    def __init__(self, file, size: int) -> None:
+        self._file, self._left, self.size = file, size, size
+
+    @classmethod
+    def open(cls, folder_path: str, info) -> _Piecewise | None:
+        """The file ``info`` names if it holds exactly its size (CRLF, as listed), else None."""
+        try:
+            file = open(os.path.join(folder_path, info.subdir, info.filename), "rb", buffering=0)
+        except OSError:
+            return None
+        if os.fstat(file.fileno()).st_size != info.size:
+            file.close()
+            return None
+        return cls(file, info.size)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self) -> bytes:
+        """The next piece (blocking); the file is closed after the last one.  A file cut
+        short since it was opened is made up with spaces: the literal's size was sent."""
+        want = min(CHUNK, self._left)
+        try:
+            piece = self._file.read(want) or b""
+        except OSError:
+            piece = b""
+        piece += b" " * (want - len(piece))
+        self._left -= want
+        if not self._left:
+            self._file.close()
+        return piece
+
+    def close(self) -> None:
+        """Give the file back (when the FETCH ends before sending it all)."""
+        self._file.close()
+
+
 class _Message:
     """One message's content as a batch's items need it, read (on first need) and parsed once;
     its ENVELOPE, BODY and BODYSTRUCTURE are taken from the process's cache when there."""
@@ -269,6 +312,18 @@ class _Message:
             return self.data
         return self.parsed.section(section)
 
+    def whole(self, label: bytes) -> tuple:
+        """The whole message as a ``literal_item``; one of CHUNK octets or more, not read yet,
+        as a _Piecewise (in the thread: from the page cache only, it is _Cold)."""
+        info = self._info
+        if self._read is None and info.size >= CHUNK and self._reads == WHOLE:
+            if self._cached:
+                raise _Cold()
+            piecewise = _Piecewise.open(self._path, info)
+            if piecewise is not None:
+                return label + b" {%d}\r\n" % info.size, piecewise
+        return r.literal_item(label, self.data)
+
     def item(self, name: bytes, compute) -> bytes:
         """``name`` and the serialised value ``compute()`` gives, computed once per process
         for this message (``cache.items``)."""
@@ -303,6 +358,9 @@ def _maker(attribute: c.FetchAttribute):
         return lambda info, flags, message: message.item(
             head, lambda: r.encode(message.parsed.body_structure(extended))
         )
+    if name == "BODY" and partial is None and section == c.Section():
+        label = section_label(name, section, None)
+        return lambda info, flags, message: message.whole(label)
     if name == "BODY":
         label = section_label(name, section, partial)
         return lambda info, flags, message: r.literal_item(
@@ -317,7 +375,7 @@ def _maker(attribute: c.FetchAttribute):
         head = section_label(name, c.Section(section.part), None) + b" "
         return lambda info, flags, message: head + b"%d" % message.parsed.binary_size(section.part)
     if name == "RFC822":
-        return lambda info, flags, message: r.literal_item(b"RFC822", message.data)
+        return lambda info, flags, message: message.whole(b"RFC822")
     text = "HEADER" if name == "RFC822.HEADER" else "TEXT"
     whole = c.Section((), text)
     label = name.encode()
@@ -527,6 +585,21 @@ async def vanished_earlier(session, messages: c.SequenceSet, since: int) -> byte
     return r.untagged(r.Atom(b"VANISHED (EARLIER) " + r.sequence_set(missing)))
 
 
+async def _send_pieces(session, drain: Drain, piecewise: _Piecewise) -> None:
+    """Send a large message's file piece by piece, each read in the worker thread once the
+    transport has taken the one before."""
+    sent = 0
+    try:
+        while sent < piecewise.size:
+            piece = await deferToThreadPool(reactor, _workers(), piecewise.read)
+            sent += len(piece)
+            session.send(piece)
+            await drain.drained()
+    finally:
+        if sent < piecewise.size:
+            piecewise.close()
+
+
 async def fetch(session, command: c.Fetch) -> Reply:
     """FETCH / UID FETCH: the items of every message of the set, in batches (module doc);
     with CHANGEDSINCE (RFC 7162 3.1.4) only the messages changed since, MODSEQ included, and
@@ -563,6 +636,9 @@ async def fetch(session, command: c.Fetch) -> Reply:
             view.apply_flags(changed)
             pending = _begin(folder, work[index + 1], plan) if index + 1 < len(work) else None
             for data in writes:
+                if isinstance(data, _Piecewise):
+                    await _send_pieces(session, drain, data)
+                    continue
                 session.send(data)
                 await drain.drained()
     except UnknownTransferEncoding:
