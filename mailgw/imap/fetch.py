@@ -622,9 +622,10 @@ async def fetch(session, command: c.Fetch) -> Reply:
             session.send(await vanished_earlier(session, command.messages, since))
         except Exception:
             return failed(Failure(), b"FETCH")
-    rows = list(view.rows(view.resolve(command.messages, command.uid)))
-    if since is not None:
-        rows = [row for row in rows if row[1].modseq > since]
+    if since is None:
+        rows = list(view.rows(view.resolve(command.messages, command.uid)))
+    else:
+        rows = view.changed_rows(command.messages, command.uid, since)
     work = batches(rows, plan)
     if not work:
         return ok(b"FETCH completed")

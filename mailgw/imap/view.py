@@ -172,6 +172,23 @@ class FolderView:
         """Those of ``uids`` the view does not hold (or knows to be gone), ascending."""
         return sorted(uid for uid in uids if self.seq(uid) is None or uid in self._gone)
 
+    def changed_rows(self, messages: SequenceSet, by_uid: bool, modseq: int) -> list:
+        """``rows`` of the messages of a (UID) set whose modseq is above ``modseq`` (FETCH
+        CHANGEDSINCE), ascending; the others are only looked at, nothing is built for them
+        (on a large view that spares the garbage collector a pass per FETCH)."""
+        uids, infos, gone = self._uids, self._infos, self._gone
+        if not uids:
+            return []
+        found = {}
+        for low, high in messages.resolved(uids[-1] if by_uid else len(uids)):
+            start, stop = self._span(low, high, by_uid)
+            for index in range(start, stop):
+                info = infos[uids[index]]
+                if info.modseq > modseq and info.uid not in gone:
+                    found[index + 1] = info
+        recent = self._recent
+        return [(seq, info, info.uid in recent) for seq, info in sorted(found.items())]
+
     def rows(self, pairs: list):
         """``(seq, IMessageInfo, is \\Recent here)`` for each ``(seq, uid)`` the view holds."""
         infos, recent = self._infos, self._recent
