@@ -292,6 +292,10 @@ def test_select_qresync_falls_back_to_the_known_uids_and_sequence_match(connect,
     # are not reported.
     lines = client.run(b"s2 SELECT INBOX (QRESYNC (%d %d 1:10 (4 5)))" % (validity, future))
     assert b"* VANISHED (EARLIER) 6,8" in lines
+    # Numbers far beyond the mailbox cost nothing: only UIDs up to the last one count.
+    huge = b"1:4294967295 (1:4294967295 1:4294967295)"
+    lines = client.run(b"s3 SELECT INBOX (QRESYNC (%d %d %s))" % (validity, future, huge))
+    assert b"* VANISHED (EARLIER) 2,6,8" in lines
 
 
 def test_uid_fetch_vanished(connect, inbox):

@@ -77,7 +77,9 @@ def resynchronised(session, resync: c.QResync, vanished: list | None) -> list[by
     if vanished is None:
         floor = _matched_uid(view, resync.sequence_match)
         span = known.resolved(last) if known is not None else [(1, last)]
-        candidates = (u for low, high in span for u in range(max(low, floor + 1), high + 1))
+        candidates = (
+            u for low, high in span for u in range(max(low, floor + 1), min(high, last) + 1)
+        )
         gone = view.missing(candidates)
     else:
         gone = view.missing(vanished)
@@ -100,8 +102,9 @@ def _matched_uid(view, match: tuple | None) -> int:
     sequence number in the view; 0 if none (or no pairs)."""
     if match is None:
         return 0
-    seqs = [n for low, high in match[0].resolved(view.count) for n in range(low, high + 1)]
-    uids = [n for low, high in match[1].resolved(view.last_uid) for n in range(low, high + 1)]
+    count, last = view.count, view.last_uid
+    seqs = [n for low, high in match[0].resolved(count) for n in range(low, min(high, count) + 1)]
+    uids = [n for low, high in match[1].resolved(last) for n in range(low, min(high, last) + 1)]
     best = 0
     for seq, uid in zip(seqs, uids, strict=False):
         try:
