@@ -190,7 +190,12 @@ _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 
 class _Cold(Exception):
-    """A read would have to wait for the disk (or the file is not as listed)."""
+    """A read would have to wait for the disk (or the file is not as listed).  Out of
+    ``serialise`` it carries the writes of the rows before that message (``done``) and the
+    rows left (``rest``)."""
+
+    done: list | None = None
+    rest: list | None = None
 
 
 def _cached(folder_path: str, info, count: int) -> bytes:
@@ -443,7 +448,7 @@ def _general(folder, rows: list, plan: Plan, flags_of: _Flags, cached: bool) -> 
     writes: list[bytes] = []
     group: list[bytes] = []
     size = 0
-    for seq, info, recent in rows:
+    for index, (seq, info, recent) in enumerate(rows):
         try:
             if SEEN not in info.flags and plan.sets_seen:
                 info = seen.get(info.uid) or folder.get(info.uid)
@@ -452,6 +457,9 @@ def _general(folder, rows: list, plan: Plan, flags_of: _Flags, cached: bool) -> 
             items = [make(info, flags, message) for make in makers]
         except NoSuchMessage:
             continue
+        except _Cold as cold:  # (only when reading from the page cache: nothing changed)
+            cold.done, cold.rest = writes + ([b"".join(group)] if group else []), rows[index:]
+            raise
         parts = r.fetch_response_parts(seq, items)
         length = sum(map(len, parts))
         if length >= CHUNK:  # its literal is written as it is, not copied into a group
@@ -559,10 +567,12 @@ def _begin(folder, batch: list, plan: Plan) -> Deferred:
     if _NOWAIT is not None and not plan.sets_seen:
         try:
             return succeed(serialise(folder, batch, plan, cached=True))
-        except _Cold:
-            pass
+        except _Cold as cold:  # what came before the file is kept, the rest read in the thread
+            done, batch = cold.done or [], cold.rest or batch
         except Exception:
             return fail()
+        rest = deferToThreadPool(reactor, _workers(), serialise, folder, batch, plan)
+        return rest.addCallback(lambda result: (done + result[0], result[1]))
     return deferToThreadPool(reactor, _workers(), serialise, folder, batch, plan)
 
 
