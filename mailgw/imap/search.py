@@ -317,9 +317,24 @@ def compile_tree(node: tuple) -> Predicate:
     raise SearchSyntaxError(f"unknown criterion {kind}")
 
 
+def _one_flag(tree: tuple) -> tuple[str, bool] | None:
+    """``(flag, wanted)`` if the tree is one stored flag's test alone, else None."""
+    while tree[0] == "AND" and len(tree[1]) == 1:
+        tree = tree[1][0]
+    if tree[0] == "FLAG" and tree[1] != _RECENT and isinstance(tree[2], bool):
+        return tree[1], tree[2]
+    return None
+
+
 def matching(folder, tree: tuple, rows: list, by_uid: bool) -> list[int]:
     """Sequence numbers (or UIDs if ``by_uid``) of the matching rows, ``(seq, IMessageInfo,
     \\Recent here)`` in view order (blocking when the criteria read files)."""
+    flag = _one_flag(tree)
+    if flag is not None:  # UNSEEN, FLAGGED, DELETED...: the commonest search, with no call
+        name, wanted = flag
+        if by_uid:
+            return [info.uid for _, info, _ in rows if (name in info.flags) is wanted]
+        return [seq for seq, info, _ in rows if (name in info.flags) is wanted]
     predicate = compile_tree(tree)
     last = (rows[-1][0], rows[-1][1].uid) if rows else (0, 0)
     plan = Plan.of(tree)
