@@ -1,10 +1,10 @@
 """Serialised ENVELOPE, BODY and BODYSTRUCTURE items, shared by every session of the process.
 
 A message's content never changes under its UID, so what was computed for
-``(address, folder name, UIDVALIDITY, UID)`` stays true for as long as the folder keeps that UIDVALIDITY
-(a new one makes new keys; the old entries are never asked for again and age out).  The cache
-is a least-recently-used map bounded by the octets it holds (``LIMIT``), safe to use from the
-reactor and from worker threads at once.
+``(address, folder name, UIDVALIDITY, UID)`` stays true for as long as the folder keeps that
+UIDVALIDITY (a new one makes new keys; the old entries are never asked for again and age
+out).  The cache is a least-recently-used map bounded by the octets it holds (``LIMIT``), safe
+to use from the reactor and from worker threads at once.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ _OVERHEAD = 200
 
 
 class ItemCache:
-    """A bounded LRU map from ``((address, folder name, UIDVALIDITY), UID, item name)`` to the item's
-    serialised bytes."""
+    """A bounded LRU map from ``((address, folder name, UIDVALIDITY), UID, item name)`` to
+    the item's serialised bytes."""
 
     def __init__(self, limit: int = LIMIT) -> None:
         """Hold at most ``limit`` octets (an item larger than that is never kept)."""
