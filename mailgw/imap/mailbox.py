@@ -50,6 +50,8 @@ class RecentClaims:
 
     def __init__(self) -> None:
         self._claimed: dict[tuple, set] = {}
+        #: UIDs copied into watched folders by this process, \Recent for the first to see them.
+        self._offered: dict[tuple, set] = {}
         #: Watching sessions and moves under way, by folder.
         self._users: dict[tuple, int] = {}
 
@@ -67,6 +69,7 @@ class RecentClaims:
         else:
             self._users.pop(key, None)
             self._claimed.pop(key, None)
+            self._offered.pop(key, None)
 
     def unclaimed(self, folder, uids) -> set:
         """Those of ``uids`` no session holds."""
@@ -97,6 +100,23 @@ class RecentClaims:
 
         deferToThread(folder.mark_seen_by_client, sorted(won)).addErrback(failed).addBoth(moved)
         return won
+
+    def offer(self, folder, uids) -> None:
+        """Messages just copied into ``folder`` (RFC 3501 6.4.7: \\Recent in the target): the
+        first session watching it that sees them arriving takes \\Recent for them.  Only while
+        some session watches the folder (one that selects it later does not see them
+        \\Recent)."""
+        key = (folder.folder_id, folder.uid_validity)
+        if key in self._users:
+            self._offered.setdefault(key, set()).update(uids)
+
+    def claim_arrivals(self, folder, infos) -> set:
+        """The UIDs of the newly arrived ``infos`` that become \\Recent for the caller: those
+        in new/ no session holds, and those offered (``offer``) that no session took yet."""
+        offered = self._offered.get((folder.folder_id, folder.uid_validity), set())
+        copies = {info.uid for info in infos if not info.recent and info.uid in offered}
+        offered -= copies
+        return copies | self.claim(folder, [info.uid for info in infos if info.recent])
 
 
 #: The one claim table of this process.
@@ -175,7 +195,7 @@ class SessionMailbox:
         recent = snapshot.recent
         if writeable:
             recent = RECENT_CLAIMS.claim(folder, recent)
-            claim = partial(RECENT_CLAIMS.claim, folder)
+            claim = partial(RECENT_CLAIMS.claim_arrivals, folder)
         else:
             recent = RECENT_CLAIMS.unclaimed(folder, recent)
             claim = None
@@ -185,12 +205,23 @@ class SessionMailbox:
         self.writeable = writeable
         self._listener = None
         self._watch: _FolderWatch | None = None
+        #: The keywords the client has been told of in FLAGS (they only grow).
+        self._told: set[str] = set(self.view.keywords())
 
     # -- what SELECT and STATUS report ----------------------------------------------------
 
     def flags(self) -> list[str]:
-        """The flags messages here carry or can carry: system flags and keywords in use."""
-        return list(PERMANENT_FLAGS) + sorted(self.view.keywords())
+        """What FLAGS lists: the system flags and every keyword the client was told of, which
+        includes every keyword on a message of the view (one told stays listed while the
+        mailbox is selected, so none still in use is ever dropped: RFC 3501 7.2.6)."""
+        return list(PERMANENT_FLAGS) + sorted(self._told)
+
+    def tell(self, flags) -> bool:
+        """Note the keywords among ``flags`` as told; True if one of them was not yet (the
+        client must then get FLAGS before any response that shows it)."""
+        new = {flag for flag in flags if flag[:1] != "\\" and flag not in self._told}
+        self._told |= new
+        return bool(new)
 
     @property
     def uid_next(self) -> int:
@@ -255,6 +286,7 @@ class SessionMailbox:
             self.view.reconcile(snapshot)
             if self.view.has_pending:
                 self.view.take_updates(allow_expunge=True)
+                self._told |= self.view.keywords()
             return highest, vanished
 
         return self._in_thread(work).addCallback(apply)

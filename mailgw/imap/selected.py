@@ -9,24 +9,27 @@ from __future__ import annotations
 
 from twisted.python.failure import Failure
 
+from mailgw.imap.mailbox import RECENT_CLAIMS
 from mailgw.imap.reply import Reply, bad, failed, no, ok
 from mailgw.imap.search import find, unsupported
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import responses as r
 
+#: The extensions this module answers for: ESEARCH (RFC 4731) and SEARCHRES (RFC 5182).
+CAPABILITIES = (b"ESEARCH", b"SEARCHRES")
 #: Charsets SEARCH accepts.
 CHARSETS = frozenset({"US-ASCII", "UTF-8"})
 OUT_OF_RANGE = b"Message sequence number out of range"
 
 #: Every message of the view, as a sequence set.
 _EVERY = c.SequenceSet(((1, None),))
+#: ``$``, the saved search result (RFC 5182).
+_SAVED = c.SequenceSet(saved=True)
 
 
 def checked_set(session, messages: c.SequenceSet, uid: bool) -> Reply | None:
-    """The BAD a sequence set gets in the selected mailbox (``$`` or numbers beyond it), if
-    any."""
-    if messages.saved:
-        return bad(b"$ needs SEARCHRES, which is not supported")
+    """The BAD a sequence set gets in the selected mailbox (numbers beyond it), if any; ``$``
+    (RFC 5182) is always accepted: it names the saved result, maybe empty."""
     if not uid and session.mailbox.out_of_range(messages):
         return bad(OUT_OF_RANGE)
     return None
@@ -94,18 +97,14 @@ async def store(session, command: c.Store) -> Reply:
     refused = checked_set(session, command.messages, command.uid)
     if refused is not None:
         return refused
-    before = set(mailbox.flags())
     try:
         result = await mailbox.store(
             command.messages, command.flags, command.mode, command.uid, command.unchanged_since
         )
     except Exception:
         return failed(Failure(), b"STORE")
-    out = []
-    after = mailbox.flags()
-    if set(after) != before:
-        out.append(r.untagged(r.Atom(b"FLAGS"), r.flag_list(after)))
     view = mailbox.view
+    out = [session.keyword_lines(view.flags(uid) for uid in result.reported.values())]
     for seq, uid in sorted(result.reported.items()):
         modseq = view.info(uid).modseq
         if not command.silent:
@@ -137,6 +136,7 @@ async def copy(session, command: c.Copy) -> Reply:
         pairs = await mailbox.copy_to(sources, target)
     except Exception:
         return failed(Failure(), name, missing=b"[TRYCREATE]")
+    RECENT_CLAIMS.offer(target, [d for _, d in pairs])
     code = b""
     if pairs:
         code = b"[COPYUID %d %s %s] " % (
@@ -156,41 +156,106 @@ async def copy(session, command: c.Copy) -> Reply:
     return ok(b"MOVE completed")
 
 
-def _modseq_as_uids(node: tuple, view) -> tuple:
-    """The criteria tree with each ``("MODSEQ", n)`` leaf (RFC 7162 3.1.5: modseq at least
-    n) replaced by the UIDs in the view that match it, as runs of the view's order."""
+def _uid_runs(pairs) -> list:
+    """``(seq, uid)`` pairs of the view, ascending, as UID ranges: one per run of sequence
+    numbers (no other message of the view lies between its ends)."""
+    ranges: list = []
+    previous = None
+    for seq, uid in pairs:
+        if previous is not None and seq == previous + 1:
+            ranges[-1] = (ranges[-1][0], uid)
+        else:
+            ranges.append((uid, uid))
+        previous = seq
+    return ranges
+
+
+def _as_uids(node: tuple, view) -> tuple:
+    """The criteria tree with the leaves the evaluator does not see as such replaced by the
+    UIDs of the view that match them: ``("MODSEQ", n)`` (RFC 7162 3.1.5: modseq at least n)
+    and ``$`` (``("SAVED",)``, ``("UID_SAVED",)``: the saved result, RFC 5182)."""
     kind = node[0]
     if kind == "MODSEQ":
-        ranges: list = []
-        previous = None
-        for seq, uid in view.changed_since(node[1] - 1):
-            if previous is not None and seq == previous + 1:
-                ranges[-1] = (ranges[-1][0], uid)
-            else:
-                ranges.append((uid, uid))
-            previous = seq
-        return ("UID", ranges)
+        return ("UID", _uid_runs(view.changed_since(node[1] - 1)))
+    if kind in ("SAVED", "UID_SAVED"):
+        return ("UID", _uid_runs(view.resolve(_SAVED, True)))
     if kind == "AND":
-        return ("AND", [_modseq_as_uids(child, view) for child in node[1]])
+        return ("AND", [_as_uids(child, view) for child in node[1]])
     if kind == "NOT":
-        return ("NOT", _modseq_as_uids(node[1], view))
+        return ("NOT", _as_uids(node[1], view))
     if kind == "OR":
-        return ("OR", _modseq_as_uids(node[1], view), _modseq_as_uids(node[2], view))
+        return ("OR", _as_uids(node[1], view), _as_uids(node[2], view))
     return node
+
+
+def _has_modseq(node: tuple) -> bool:
+    kind = node[0]
+    if kind == "MODSEQ":
+        return True
+    if kind == "AND":
+        return any(_has_modseq(child) for child in node[1])
+    if kind == "NOT":
+        return _has_modseq(node[1])
+    if kind == "OR":
+        return _has_modseq(node[1]) or _has_modseq(node[2])
+    return False
+
+
+def _to_save(found: list, returns: tuple) -> list:
+    """What ``RETURN (SAVE ...)`` keeps of the result (RFC 5182 2.4): only the minimum and/or
+    maximum when MIN and/or MAX come without ALL and COUNT, else all of it."""
+    if not found or not {"MIN", "MAX"} & set(returns) or {"ALL", "COUNT"} & set(returns):
+        return found
+    kept = set()
+    if "MIN" in returns:
+        kept.add(found[0])
+    if "MAX" in returns:
+        kept.add(found[-1])
+    return sorted(kept)
+
+
+def _esearch(command: c.Search, found: list, modseq_of) -> bytes:
+    """The ``* ESEARCH`` line (RFC 4731) for ``found`` (ascending); ``modseq_of`` gives the
+    modseq of a number found, or is None when no MODSEQ criterion was given (RFC 7162 3.1.5:
+    with MIN and/or MAX alone, the highest modseq of the messages returned)."""
+    returns = command.returns
+    words = [b"ESEARCH (TAG " + r.string(command.tag) + b")"]
+    if command.uid:
+        words.append(b"UID")
+    if found:
+        if "MIN" in returns:
+            words.append(b"MIN %d" % found[0])
+        if "MAX" in returns:
+            words.append(b"MAX %d" % found[-1])
+    if "COUNT" in returns:
+        words.append(b"COUNT %d" % len(found))
+    if found and "ALL" in returns:
+        words.append(b"ALL " + r.sequence_set(found))
+    if modseq_of is not None and found:
+        returned = found
+        if not {"ALL", "COUNT"} & set(returns):
+            returned = _to_save(found, returns)
+        words.append(b"MODSEQ %d" % max(map(modseq_of, returned)))
+    return r.untagged(r.Atom(b" ".join(words)))
 
 
 async def search(session, command: c.Search) -> Reply:
     """SEARCH, evaluated over the session's view (``search.find``); ``* SEARCH`` even
     when nothing matched (RFC 3501 7.2.5).  With a MODSEQ criterion (a CONDSTORE enabling
-    action) the line ends with ``(MODSEQ n)``, the highest modseq of the messages found."""
-    if command.returns is not None:
-        return bad(b"ESEARCH is not supported")
-    if command.charset is not None and command.charset.upper() not in CHARSETS:
-        return no(b"[BADCHARSET (US-ASCII UTF-8)] Unknown charset")
+    action) the line ends with ``(MODSEQ n)``, the highest modseq of the messages found.
+    ``RETURN (...)`` answers ``* ESEARCH`` (RFC 4731) instead, and with SAVE keeps the result
+    for ``$`` (RFC 5182; a SAVE that fails leaves ``$`` empty); SAVE alone answers nothing
+    untagged."""
     mailbox = session.mailbox
     view = mailbox.view
-    criteria = _modseq_as_uids(command.criteria, view)
-    by_modseq = criteria != command.criteria
+    returns = command.returns or ()
+    saving = "SAVE" in returns
+    if saving:
+        view.saved = ()
+    if command.charset is not None and command.charset.upper() not in CHARSETS:
+        return no(b"[BADCHARSET (US-ASCII UTF-8)] Unknown charset")
+    criteria = _as_uids(command.criteria, view)
+    by_modseq = _has_modseq(command.criteria)
     kind = unsupported(criteria)
     if kind is not None:
         return bad(b"SEARCH %s is not supported" % kind.encode("ascii", "replace"))
@@ -201,12 +266,19 @@ async def search(session, command: c.Search) -> Reply:
         found = await find(mailbox.folder, criteria, rows, command.uid)
     except Exception:
         return failed(Failure(), b"SEARCH")
-    words = [b"SEARCH", *(b"%d" % n for n in found)]
-    if by_modseq and found:
-        uids = found if command.uid else [view.uid(n) for n in found]
-        words.append(b"(MODSEQ %d)" % max(view.info(uid).modseq for uid in uids))
-    session.send(r.untagged(r.Atom(b" ".join(words))))
-    return ok(b"SEARCH completed")
+    view = mailbox.view
+    uid_of = (lambda n: n) if command.uid else view.uid
+    modseq_of = (lambda n: view.info(uid_of(n)).modseq) if by_modseq else None
+    if saving:
+        view.saved = tuple(uid_of(n) for n in _to_save(found, returns))
+    if command.returns is None:
+        words = [b"SEARCH", *(b"%d" % n for n in found)]
+        if modseq_of is not None and found:
+            words.append(b"(MODSEQ %d)" % max(map(modseq_of, found)))
+        session.send(r.untagged(r.Atom(b" ".join(words))))
+    elif returns != ("SAVE",):
+        session.send(_esearch(command, found, modseq_of))
+    return ok(b"SEARCH completed, result saved" if saving else b"SEARCH completed")
 
 
 async def idle(session, command: c.Idle) -> Reply:

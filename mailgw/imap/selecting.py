@@ -45,13 +45,10 @@ async def select(session, command: c.Select) -> Reply:
         session.deselect()
         return failed(Failure(), name)
     view = mailbox.view
-    flags = mailbox.flags()
-    permanent = [*flags, "\\*"] if mailbox.writeable else []
     lines = [
         r.untagged(view.count, r.Atom(b"EXISTS")),
         r.untagged(view.recent_count, r.Atom(b"RECENT")),
-        r.untagged(r.Atom(b"FLAGS"), r.flag_list(flags)),
-        r.status_line(None, b"OK", b"[PERMANENTFLAGS " + r.flag_list(permanent) + b"] Limited"),
+        flags_lines(mailbox),
     ]
     if view.first_unseen is not None:
         lines.append(r.status_line(None, b"OK", b"[UNSEEN %d] First unseen" % view.first_unseen))
@@ -63,6 +60,15 @@ async def select(session, command: c.Select) -> Reply:
     session.send(b"".join(lines))
     mode = b"[READ-WRITE] " if mailbox.writeable else b"[READ-ONLY] "
     return ok(mode + name + b" completed")
+
+
+def flags_lines(mailbox) -> bytes:
+    """``* FLAGS`` and ``* OK [PERMANENTFLAGS ...]`` (empty when read-only) of ``mailbox``."""
+    flags = mailbox.flags()
+    permanent = [*flags, "\\*"] if mailbox.writeable else []
+    return r.untagged(r.Atom(b"FLAGS"), r.flag_list(flags)) + r.status_line(
+        None, b"OK", b"[PERMANENTFLAGS " + r.flag_list(permanent) + b"] Limited"
+    )
 
 
 def resynchronised(session, resync: c.QResync, vanished: list | None) -> list[bytes]:

@@ -224,6 +224,7 @@ class IMAPSession(Protocol, TimeoutMixin):
         caps += [b"ENABLE", b"CONDSTORE", b"QRESYNC"]
         caps += ordering_commands.CAPABILITIES
         caps += folders.CAPABILITIES
+        caps += selected.CAPABILITIES
         caps.append(b"APPENDLIMIT=%d" % self.context.limits.message_size)
         return caps
 
@@ -437,6 +438,14 @@ class IMAPSession(Protocol, TimeoutMixin):
             return r.untagged(r.Atom(b"VANISHED " + uids))
         return b"".join(r.untagged(seq, r.Atom(b"EXPUNGE")) for seq, _ in gone)
 
+    def keyword_lines(self, flag_sets) -> bytes:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS ...]`` if one of ``flag_sets`` holds a
+        keyword the client has not been told of (RFC 3501 7.2.6: to be sent before any
+        response that shows it), else nothing."""
+        if not self.mailbox.tell(f for flags in flag_sets for f in flags):
+            return b""
+        return selecting.flags_lines(self.mailbox)
+
     def flags_line(self, seq: int, uid: int, flags, modseq: int, with_uid: bool) -> bytes:
         """``* seq FETCH`` for a flag change: FLAGS, with UID if ``with_uid`` or QRESYNC is
         enabled, and MODSEQ once CONDSTORE is."""
@@ -454,7 +463,7 @@ class IMAPSession(Protocol, TimeoutMixin):
         updates = self.mailbox.sync(allow_expunge)
         if updates is None:
             return
-        out = [self.expunged_lines(updates.expunged)]
+        out = [self.keyword_lines([updates.keywords]), self.expunged_lines(updates.expunged)]
         for seq, (uid, flags, modseq) in updates.flags.items():
             out.append(self.flags_line(seq, uid, flags, modseq, False))
         if updates.exists is not None:

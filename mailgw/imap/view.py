@@ -31,6 +31,8 @@ class Updates:
     exists: int | None = None
     #: The new \\Recent count, or None if it did not change.
     recent: int | None = None
+    #: The keywords of the messages added or changed.
+    keywords: set = field(default_factory=set)
 
 
 def _first_unseen(uids: list, infos: dict) -> int | None:
@@ -65,8 +67,8 @@ class FolderView:
 
     def __init__(self, snapshot: Snapshot, recent=frozenset(), claim=None) -> None:
         """Show the folder as ``snapshot`` lists it; ``recent`` are the UIDs \\Recent in this
-        session, and ``claim(uids)`` returns those of newly arrived UIDs that become \\Recent
-        here."""
+        session, and ``claim(infos)`` returns the UIDs of those newly arrived messages that
+        become \\Recent here."""
         #: The snapshot whose list and dict the view still shares, None once it has its own.
         self._snapshot: Snapshot | None = snapshot
         #: The snapshot ``reconcile`` last compared the view with.
@@ -74,10 +76,12 @@ class FolderView:
         self._uids: list[int] = snapshot.uids
         self._infos: dict = snapshot.by_uid
         self._recent: set[int] = set(recent)
-        self._claim = claim or (lambda uids: set())
+        self._claim = claim or (lambda infos: set())
         self._gone: set[int] = set()
         self._added: dict = {}
         self._changed: dict = {}
+        #: The UIDs of the search result saved for ``$`` (RFC 5182), ascending.
+        self.saved: tuple[int, ...] = ()
 
     # -- what the client sees -------------------------------------------------------------
 
@@ -137,7 +141,11 @@ class FolderView:
     def resolve(self, messages: SequenceSet, by_uid: bool) -> list:
         """Return ``[(seq, uid), ...]`` for a sequence set (of UIDs if ``by_uid``), ascending.
 
-        Numbers outside the view are skipped, as are messages known to be gone (by UID)."""
+        Numbers outside the view are skipped, as are messages known to be gone (by UID).
+        ``$`` is the saved result (``saved``), whichever ``by_uid``, less the messages gone."""
+        if messages.saved:
+            pairs = ((self.seq(uid), uid) for uid in self.saved if uid not in self._gone)
+            return [(seq, uid) for seq, uid in pairs if seq is not None]
         if not self._uids:
             return []
         ranges = messages.resolved(self._uids[-1] if by_uid else len(self._uids))
@@ -317,7 +325,10 @@ class FolderView:
         for info in added:
             self._uids.append(info.uid)
             self._infos[info.uid] = info
-        self._recent |= self._claim([info.uid for info in added if info.recent])
+        self._recent |= self._claim(added)
+        updates.keywords = {f for info in added for f in info.flags if f[:1] != "\\"}
+        for _, flags, _ in updates.flags.values():
+            updates.keywords.update(f for f in flags if f[:1] != "\\")
         if added or updates.expunged:
             updates.exists = len(self._uids)
             updates.recent = len(self._recent)
