@@ -140,7 +140,7 @@ def test_fetch_modseq(connect, inbox):
     fill(inbox, 3)
     inbox.set_flags(3, {"\\Answered"})
     client = connect()
-    client.run(b"s SELECT INBOX")
+    client.run(b"s SELECT INBOX (CONDSTORE)")
     assert client.run(b"a FETCH 1,3 (MODSEQ)") == [
         b"* 1 FETCH (MODSEQ (" + modseq(inbox, 1) + b"))",
         b"* 3 FETCH (MODSEQ (" + modseq(inbox, 3) + b"))",
@@ -156,7 +156,7 @@ def test_uid_fetch_changedsince(connect, inbox):
     inbox.set_flags(6, {"\\Deleted"})
     inbox.set_flags(8, {"$NoJunk", "$AutoJunk", "$MDNSent"})
     client = connect()
-    client.run(b"s SELECT INBOX")
+    client.run(b"s SELECT INBOX (CONDSTORE)")
     lines = client.run(b"s100 UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d)" % since)
     assert lines[-1] == b"s100 OK FETCH completed"
     assert [items(line) for line in lines[:-1]] == [
@@ -181,7 +181,7 @@ def test_uid_store_unchangedsince_silent_reports_modseq(connect, inbox):
     each reported with UID and MODSEQ even though .SILENT."""
     holes(inbox)
     client = connect()
-    client.run(b"s SELECT INBOX")
+    client.run(b"s SELECT INBOX (CONDSTORE)")
     lines = client.run(
         b"a103 UID STORE 6,4,8 (UNCHANGEDSINCE %d) +FLAGS.SILENT (\\Deleted)" % inbox.highest_modseq
     )
@@ -202,7 +202,7 @@ def test_store_unchangedsince_modified(connect, inbox):
     inbox.set_flags(7, {"\\Seen"})
     inbox.set_flags(9, {"\\Answered"})
     client = connect()
-    client.run(b"s SELECT INBOX")
+    client.run(b"s SELECT INBOX (CONDSTORE)")
     assert client.run(
         b"d105 STORE 7,5,9 (UNCHANGEDSINCE %d) +FLAGS.SILENT (\\Deleted)" % since
     ) == [
@@ -231,7 +231,7 @@ def test_search_modseq(connect, inbox):
     inbox.set_flags(2, {"\\Draft"})
     inbox.set_flags(5, {"\\Seen"})
     client = connect()
-    client.run(b"s SELECT INBOX")
+    client.run(b"s SELECT INBOX (CONDSTORE)")
     assert client.run(b'a SEARCH MODSEQ "/flags/\\\\draft" all %d' % (since + 1)) == [
         b"* SEARCH 2 5 (MODSEQ " + modseq(inbox, 5) + b")",
         b"a OK SEARCH completed",
@@ -375,3 +375,22 @@ def test_bad_condstore_input_is_bad(connect, inbox):
         b"d SELECT INBOX (QRESYNC (1))",
     ):
         assert client.run(line)[-1].startswith(line[:2] + b"BAD "), line
+
+
+def test_first_condstore_action_while_selected_reports_highestmodseq(connect, inbox):
+    """RFC 7162 3.1: the first CONDSTORE enabling action with a mailbox selected (here FETCH
+    MODSEQ after a plain SELECT) sends OK [HIGHESTMODSEQ] before its tagged reply; later ones
+    do not (imaptest's esearch-condstore)."""
+    fill(inbox, 2)
+    client = connect()
+    client.run(b"s SELECT INBOX")
+    highest = b"%d" % inbox.highest_modseq
+    assert client.run(b"a FETCH 1 (MODSEQ)") == [
+        b"* OK [HIGHESTMODSEQ " + highest + b"] Highest",
+        b"* 1 FETCH (MODSEQ (" + modseq(inbox, 1) + b"))",
+        b"a OK FETCH completed",
+    ]
+    assert client.run(b"b FETCH 2 (MODSEQ)") == [
+        b"* 2 FETCH (MODSEQ (" + modseq(inbox, 2) + b"))",
+        b"b OK FETCH completed",
+    ]

@@ -618,7 +618,7 @@ async def fetch(session, command: c.Fetch) -> Reply:
     if command.vanished and not (command.uid and session.qresync):
         return bad(b"VANISHED needs UID FETCH and QRESYNC enabled")
     if since is not None or any(a.name == "MODSEQ" for a in command.attributes):
-        session.enable_condstore()
+        await session.condstore_action()
     refused = checked_set(session, command.messages, command.uid)
     if refused is not None:
         return refused

@@ -90,7 +90,7 @@ async def store(session, command: c.Store) -> Reply:
     ``[MODIFIED ...]``; once CONDSTORE is enabled each change is reported with its MODSEQ, even
     with .SILENT."""
     if command.unchanged_since is not None:
-        session.enable_condstore()
+        await session.condstore_action()
     mailbox = session.mailbox
     if not mailbox.writeable:
         return no(b"[READ-ONLY] Mailbox is read-only")
@@ -260,7 +260,7 @@ async def search(session, command: c.Search) -> Reply:
     if kind is not None:
         return bad(b"SEARCH %s is not supported" % kind.encode("ascii", "replace"))
     if by_modseq:
-        session.enable_condstore()
+        await session.condstore_action()
     rows = list(view.rows(view.resolve(_EVERY, False)))
     try:
         found = await find(mailbox.folder, criteria, rows, command.uid)

@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -425,8 +426,18 @@ class IMAPSession(Protocol, TimeoutMixin):
         return "QRESYNC" in self.enabled
 
     def enable_condstore(self) -> None:
-        """A CONDSTORE enabling action (RFC 7162 3.1): CONDSTORE is enabled from now on."""
+        """CONDSTORE is enabled from now on (ENABLE, or SELECT/EXAMINE ... (CONDSTORE))."""
         self.enabled.add("CONDSTORE")
+
+    async def condstore_action(self) -> None:
+        """A CONDSTORE enabling action in the selected state (RFC 7162 3.1): CONDSTORE is
+        enabled, and the first one tells the mailbox's HIGHESTMODSEQ before its tagged reply."""
+        if self.condstore:
+            return
+        self.enable_condstore()
+        folder = self.mailbox.folder
+        highest = await deferToThread(lambda: folder.highest_modseq)
+        self.send(r.status_line(None, b"OK", b"[HIGHESTMODSEQ %d] Highest" % highest))
 
     def expunged_lines(self, gone: list) -> bytes:
         """The responses telling of messages gone, ``(seq, uid)`` each with seq valid when its
