@@ -24,6 +24,16 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def append_whole(fd: int, offset: int, data: bytes) -> None:
+    """Write ``data`` to an append-only file at ``offset``, the end of its last whole record,
+    cutting away first a torn record a crash left after it; then fsync the file."""
+    if os.fstat(fd).st_size != offset:
+        os.ftruncate(fd, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    write_all(fd, data)
+    os.fsync(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make the directory entries of ``path`` (creations, renames, unlinks) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

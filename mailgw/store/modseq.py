@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mailgw.crashpoint import crash_point
-from mailgw.durable import remove_stale_temps, replace_file
+from mailgw.durable import append_whole, remove_stale_temps, replace_file
 from mailgw.store.files import FILE_MODE, fsync_dir, store_error, write_all
 from mailgw.store.interfaces import SYSTEM_FLAGS, StoreError
 
@@ -379,12 +379,7 @@ class ModseqLog:
     def _append(self, data: bytes) -> None:
         fd = self._lock_fd
         try:
-            if os.fstat(fd).st_size != self._offset:
-                # A torn line (a crash during an append): cut it away first.
-                os.ftruncate(fd, self._offset)
-            os.lseek(fd, self._offset, os.SEEK_SET)
-            write_all(fd, data)
-            os.fsync(fd)
+            append_whole(fd, self._offset, data)  # a torn line is cut away first
         except OSError as e:
             try:
                 os.ftruncate(fd, self._offset)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mailgw.durable import replace_file
+from mailgw.durable import append_whole, replace_file
 from mailgw.store.files import FILE_MODE, fsync_dir, store_error, write_all
 from mailgw.store.interfaces import StoreBusy
 
@@ -374,12 +374,7 @@ class UidList:
         try:
             fd = os.open(self.path, os.O_WRONLY)
             try:
-                if os.fstat(fd).st_size != self._offset:
-                    # A torn line (crash during an append): cut it away first.
-                    os.ftruncate(fd, self._offset)
-                os.lseek(fd, self._offset, os.SEEK_SET)
-                write_all(fd, data)
-                os.fsync(fd)
+                append_whole(fd, self._offset, data)  # a torn line is cut away first
             finally:
                 os.close(fd)
         except OSError as e:
