@@ -34,7 +34,6 @@ copies are given to that user.  ``--quick`` builds 10,000 messages at most and r
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import pwd
 import re
@@ -60,12 +59,12 @@ from pop3 import (
     DOVECOT,
     HOSTNAME,
     PASSWORD,
-    TIMEOUT,
     MaildirStore,
     ServerProcess,
     argon2,
     build,
     copy_for_dovecot,
+    in_processes,
     machine,
     retr_message,
     write_passwd,
@@ -124,18 +123,7 @@ def _fetch_worker(port: int, user: str, barrier, out) -> None:
 def concurrent_bodies(port: int, users: list[str]) -> tuple[float, int, int]:
     """Every body of each user, one process per user at once: (MB/s overall, responses,
     octets)."""
-    context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(len(users))
-    out = context.Queue()
-    workers = [
-        context.Process(target=_fetch_worker, args=(port, user, barrier, out)) for user in users
-    ]
-    for worker in workers:
-        worker.start()
-    results = [out.get(timeout=TIMEOUT * 4) for _ in workers]
-    for worker in workers:
-        worker.join()
-    seconds = max(r[1] for r in results) - min(r[0] for r in results)
+    seconds, results = in_processes(_fetch_worker, port, users)
     octets = sum(r[3] for r in results)
     return octets / seconds / 1e6, sum(r[2] for r in results), octets
 

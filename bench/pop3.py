@@ -314,22 +314,28 @@ def _retrieve_all(port: int, user: str, start: multiprocessing.Barrier, out) -> 
     out.put((began, ended, count, octets))
 
 
-def retr_throughput(port: int, users: list[str]) -> tuple[float, float, int]:
-    """RETR every message of each user, one session (process) per user at once.
+def in_processes(target, port: int, users: list[str]) -> tuple[float, list]:
+    """Run ``target(port, user, barrier, out)`` in one forked process per user, all starting
+    at one barrier, each putting ``(began, ended, ...)`` on ``out``.
 
-    Return (messages/s, MB/s, octets received) over the whole run."""
+    Return (seconds from the first start to the last end, the results)."""
     context = multiprocessing.get_context("fork")
     start = context.Barrier(len(users))
     out = context.Queue()
-    workers = [
-        context.Process(target=_retrieve_all, args=(port, user, start, out)) for user in users
-    ]
+    workers = [context.Process(target=target, args=(port, user, start, out)) for user in users]
     for worker in workers:
         worker.start()
     results = [out.get(timeout=TIMEOUT * 4) for _ in workers]
     for worker in workers:
         worker.join()
-    seconds = max(r[1] for r in results) - min(r[0] for r in results)
+    return max(r[1] for r in results) - min(r[0] for r in results), results
+
+
+def retr_throughput(port: int, users: list[str]) -> tuple[float, float, int]:
+    """RETR every message of each user, one session (process) per user at once.
+
+    Return (messages/s, MB/s, octets received) over the whole run."""
+    seconds, results = in_processes(_retrieve_all, port, users)
     messages = sum(r[2] for r in results)
     octets = sum(r[3] for r in results)
     return messages / seconds, octets / seconds / 1e6, octets
