@@ -95,6 +95,17 @@ class FolderView:
         """Messages that are \\Recent in this session."""
         return len(self._recent)
 
+    def forgo_recent(self) -> None:
+        """Show no message \\Recent from now on (IMAP4rev2 has none, RFC 9051 E.12); the session
+        still takes \\Recent for what it sees first, as any other would."""
+        self._recent = set()
+
+        def claim(infos, take=self._claim) -> set:
+            take(infos)
+            return set()
+
+        self._claim = claim
+
     @property
     def unseen_count(self) -> int:
         """Messages without \\Seen."""
