@@ -1,5 +1,6 @@
 """The commands of every state (CAPABILITY, NOOP, LOGOUT, ID), those before login (STARTTLS,
-LOGIN, AUTHENTICATE PLAIN with SASL-IR), and ENABLE (RFC 5161) of the authenticated state.
+LOGIN, AUTHENTICATE PLAIN with SASL-IR), and ENABLE (RFC 5161; IMAP4rev2, RFC 9051 6.3.1) of
+the authenticated state.
 
 Passwords go through ``ctx.portal`` with ``ClientCredentials`` (the client's IP for the guard),
 and only over TLS unless ``ctx.allow_plaintext`` (``NO [PRIVACYREQUIRED]`` otherwise).  A login
@@ -124,17 +125,26 @@ async def _check(session, user: bytes, password: bytes) -> Reply:
     return ok(b"LOGIN completed")
 
 
-#: What ENABLE (RFC 5161) can enable, and what each enables with it (RFC 7162 3.2.3).
-ENABLES = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}
+#: What ENABLE (RFC 5161) can enable, and what each enables with it (RFC 7162 3.2.3), the
+#: first as ``* ENABLED`` spells it.  Only what CAPABILITY announces can be enabled.
+ENABLES = {
+    "CONDSTORE": ("CONDSTORE",),
+    "QRESYNC": ("QRESYNC", "CONDSTORE"),
+    "IMAP4REV2": ("IMAP4rev2",),
+}
 
 
 async def enable(session, command: c.Enable) -> Reply:
     """ENABLE (RFC 5161, authenticated state only): ``* ENABLED`` lists the extensions asked
-    for that this command enabled; unknown ones are ignored."""
+    for that this command enabled; unknown ones, and those not announced, are ignored."""
+    offered = {cap.decode("ascii").upper() for cap in session.capabilities()}
     newly = []
     for name in command.capabilities:
-        if name in ENABLES and name not in session.enabled and name not in newly:
-            newly.append(name)
+        if name not in ENABLES or name not in offered:
+            continue
+        spelled = ENABLES[name][0]
+        if spelled not in session.enabled and spelled not in newly:
+            newly.append(spelled)
             session.enabled.update(ENABLES[name])
     session.send(r.untagged(r.Atom(b" ".join([b"ENABLED", *(n.encode() for n in newly)]))))
     return ok(b"ENABLE completed")

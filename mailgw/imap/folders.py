@@ -73,7 +73,8 @@ def _undecodable(name: str) -> bool:
     return getattr(name, "undecodable", None) is not None
 
 
-def _list_line(kind: bytes, listed: Listed) -> bytes:
+def list_line(kind: bytes, listed: Listed) -> bytes:
+    """The ``* LIST`` (or ``* LSUB``) response of ``listed``."""
     values = [r.Atom(kind), r.flag_list(listed.attributes), DELIMITER, mutf7.encode(listed.name)]
     if listed.child_info:
         values.append(_CHILDINFO)
@@ -96,9 +97,10 @@ async def list_(session, command: c.List) -> Reply:
     returns = set(command.returns)
     if "SUBSCRIBED" in command.selection:
         returns.add("SUBSCRIBED")
-    query = Query(command.reference, patterns, frozenset(command.selection), frozenset(returns))
+    selection = frozenset(command.selection)
+    query = Query(command.reference, patterns, selection, frozenset(returns), session.rev2)
     for listed in list_mailboxes(query, folders, subscribed, SPECIAL_USE):
-        line = _list_line(b"LIST", listed)
+        line = list_line(b"LIST", listed)
         if command.status and listed.with_status:
             line += await _status_line(session, listed.name, command.status)
         session.send(line)
@@ -115,7 +117,7 @@ async def lsub(session, command: c.Lsub) -> Reply:
     except Exception:
         return failed(Failure(), b"LSUB")
     found = lsub_mailboxes(command.reference, command.pattern, set(folders), subscribed)
-    session.send(b"".join(_list_line(b"LSUB", listed) for listed in found))
+    session.send(b"".join(list_line(b"LSUB", listed) for listed in found))
     return ok(b"LSUB completed")
 
 

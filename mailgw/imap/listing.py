@@ -7,7 +7,8 @@ RFC 3501 6.3.8/6.3.9 with LIST-EXTENDED (RFC 5258) and SPECIAL-USE (RFC 6154):
 - The parents of folders are listed too (a Maildir++ ``a.b`` implies ``a``); those that are no
   folder are ``\\Noselect``.  A subscribed name without a folder is ``\\NonExistent`` under the
   SUBSCRIBED selection; LSUB lists it plainly, and a ``%`` that stops above a subscribed name
-  lists its parent as ``\\Noselect`` (RFC 3501 6.3.9).
+  lists its parent as ``\\Noselect`` (RFC 3501 6.3.9).  For IMAP4rev2 sessions such a parent
+  is ``\\NonExistent`` (and ``\\HasChildren`` outside SUBSCRIBED), as RFC 9051 6.3.9.8 shows.
 - ``\\HasChildren``/``\\HasNoChildren`` are given when the CHILDREN return option asks for them;
   ``\\Subscribed`` with SUBSCRIBED (selection or return option); the special-use attribute of a
   folder always (RFC 6154 allows it), and the SPECIAL-USE selection keeps only such folders.
@@ -70,6 +71,9 @@ class Query:
     patterns: tuple[str, ...]
     selection: frozenset[str] = frozenset()
     returns: frozenset[str] = frozenset()
+    #: For an IMAP4rev2 session: a parent that is no folder is ``\\NonExistent`` rather than
+    #: ``\\Noselect``, and ``\\HasChildren`` outside SUBSCRIBED (RFC 9051 6.3.9.8, example 10).
+    rev2: bool = False
 
 
 def _in_order(names: Iterable[str]) -> list[str]:
@@ -125,13 +129,13 @@ def list_mailboxes(
         attributes: list[str] = []
         if show_subscribed and name in subscribed:
             attributes.append("\\Subscribed")
+        has = name in with_children
         if not is_folder:
-            gone = by_subscription and name in subscribed
+            gone = (by_subscription and name in subscribed) or query.rev2
             attributes.append("\\NonExistent" if gone else "\\Noselect")
         elif name in special_use:
             attributes.append(special_use[name])
-        if children:
-            has = name in with_children
+        if children or (query.rev2 and not is_folder and has and not by_subscription):
             attributes.append("\\HasChildren" if has else "\\HasNoChildren")
         chosen = is_folder and (name in subscribed or not by_subscription)
         found.append(Listed(name, tuple(attributes), name in informed, chosen))

@@ -214,11 +214,11 @@ def _to_save(found: list, returns: tuple) -> list:
     return sorted(kept)
 
 
-def _esearch(command: c.Search, found: list, modseq_of) -> bytes:
-    """The ``* ESEARCH`` line (RFC 4731) for ``found`` (ascending); ``modseq_of`` gives the
-    modseq of a number found, or is None when no MODSEQ criterion was given (RFC 7162 3.1.5:
-    with MIN and/or MAX alone, the highest modseq of the messages returned)."""
-    returns = command.returns
+def _esearch(command: c.Search, returns: tuple, found: list, modseq_of) -> bytes:
+    """The ``* ESEARCH`` line (RFC 4731) for ``found`` (ascending), with the result options
+    ``returns``; ``modseq_of`` gives the modseq of a number found, or is None when no MODSEQ
+    criterion was given (RFC 7162 3.1.5: with MIN and/or MAX alone, the highest modseq of the
+    messages returned)."""
     words = [b"ESEARCH (TAG " + r.string(command.tag) + b")"]
     if command.uid:
         words.append(b"UID")
@@ -245,10 +245,13 @@ async def search(session, command: c.Search) -> Reply:
     action) the line ends with ``(MODSEQ n)``, the highest modseq of the messages found.
     ``RETURN (...)`` answers ``* ESEARCH`` (RFC 4731) instead, and with SAVE keeps the result
     for ``$`` (RFC 5182; a SAVE that fails leaves ``$`` empty); SAVE alone answers nothing
-    untagged."""
+    untagged.  With IMAP4rev2 enabled every SEARCH is answered with ESEARCH, a plain one as
+    ``RETURN (ALL)`` (RFC 9051 6.4.4)."""
     mailbox = session.mailbox
     view = mailbox.view
     returns = command.returns or ()
+    if command.returns is None and session.rev2:
+        returns = ("ALL",)
     saving = "SAVE" in returns
     if saving:
         view.saved = ()
@@ -271,13 +274,13 @@ async def search(session, command: c.Search) -> Reply:
     modseq_of = (lambda n: view.info(uid_of(n)).modseq) if by_modseq else None
     if saving:
         view.saved = tuple(uid_of(n) for n in _to_save(found, returns))
-    if command.returns is None:
+    if not returns:
         words = [b"SEARCH", *(b"%d" % n for n in found)]
         if modseq_of is not None and found:
             words.append(b"(MODSEQ %d)" % max(map(modseq_of, found)))
         session.send(r.untagged(r.Atom(b" ".join(words))))
     elif returns != ("SAVE",):
-        session.send(_esearch(command, found, modseq_of))
+        session.send(_esearch(command, returns, found, modseq_of))
     return ok(b"SEARCH completed, result saved" if saving else b"SEARCH completed")
 
 

@@ -5,13 +5,18 @@ The folder is watched before the state reported is taken (``SessionMailbox.catch
 message delivered while SELECT runs is either in the answer or reported after it.  A SELECT
 that replaces a selected mailbox first says ``[CLOSED]`` (RFC 7162 3.2.11).  A folder that does
 not exist is ``NO [NONEXISTENT]``, a store failure ``[SERVERBUG]`` or ``[UNAVAILABLE]``,
-logged (``mailgw.imap.errors``).
+logged (``mailgw.imap.errors``).  With IMAP4rev2 enabled (RFC 9051 6.3.2) the answer has the
+mailbox's ``* LIST`` line and neither RECENT nor the deprecated ``[UNSEEN n]``, and the view
+shows no \\Recent.
 """
 
 from __future__ import annotations
 
 from twisted.python.failure import Failure
 
+from mailgw.imap.account import SPECIAL_USE
+from mailgw.imap.folders import list_line
+from mailgw.imap.listing import Query, list_mailboxes
 from mailgw.imap.reply import Reply, bad, failed, no, ok
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import responses as r
@@ -45,12 +50,14 @@ async def select(session, command: c.Select) -> Reply:
         session.deselect()
         return failed(Failure(), name)
     view = mailbox.view
-    lines = [
-        r.untagged(view.count, r.Atom(b"EXISTS")),
-        r.untagged(view.recent_count, r.Atom(b"RECENT")),
-        flags_lines(mailbox),
-    ]
-    if view.first_unseen is not None:
+    lines = [r.untagged(view.count, r.Atom(b"EXISTS"))]
+    if session.rev2:
+        view.forgo_recent()
+        lines.append(await _list_lines(session, command.mailbox))
+    else:
+        lines.append(r.untagged(view.recent_count, r.Atom(b"RECENT")))
+    lines.append(flags_lines(mailbox))
+    if view.first_unseen is not None and not session.rev2:
         lines.append(r.status_line(None, b"OK", b"[UNSEEN %d] First unseen" % view.first_unseen))
     lines.append(r.status_line(None, b"OK", b"[UIDVALIDITY %d] UIDs valid" % validity))
     lines.append(r.status_line(None, b"OK", b"[UIDNEXT %d] Predicted next UID" % mailbox.uid_next))
@@ -60,6 +67,17 @@ async def select(session, command: c.Select) -> Reply:
     session.send(b"".join(lines))
     mode = b"[READ-WRITE] " if mailbox.writeable else b"[READ-ONLY] "
     return ok(mode + name + b" completed")
+
+
+async def _list_lines(session, name: str) -> bytes:
+    """The ``* LIST`` line of the selected mailbox, as LIST would give it (RFC 9051 6.3.2);
+    nothing if the names cannot be read now."""
+    try:
+        folders, subscribed = await session.account.names()
+    except Exception:
+        return b""
+    found = list_mailboxes(Query("", (name,), rev2=True), folders, subscribed, SPECIAL_USE)
+    return b"".join(list_line(b"LIST", listed) for listed in found if listed.name == name)
 
 
 def flags_lines(mailbox) -> bytes:

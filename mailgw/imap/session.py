@@ -21,6 +21,10 @@ command not in the table of the state is answered BAD.  Every response goes thro
   the session sends: once CONDSTORE is (by ENABLE or a CONDSTORE enabling action, RFC 7162
   3.1), every FETCH a flag change causes carries MODSEQ; once QRESYNC is, UID too, and
   expunges are told with VANISHED instead of EXPUNGE.
+- IMAP4rev2 (RFC 9051) is offered beside IMAP4rev1 when ``IMAP4REV2`` is on; a client that
+  sends ``ENABLE IMAP4rev2`` gets rev2 behaviour (``rev2``): no \\Recent and no RECENT
+  responses, SEARCH answered with ESEARCH, a LIST response in SELECT's answer, UID in every
+  unsolicited FETCH.  A session that does not enable it sees exactly IMAP4rev1.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ GREETING = b"mailgw IMAP4rev1 ready"
 #: Seconds between rescans of the folder in IDLE, for changes other programs make (the
 #: store tells of this process's own at once).  A rescan of an unchanged folder is two stats.
 IDLE_CHECK_INTERVAL = 2.0
+#: Is IMAP4rev2 (RFC 9051) announced, and ENABLE IMAP4rev2 accepted?  IMAP4rev2 requires the
+#: FETCH side of BINARY (RFC 3516), so this stays off until BINARY is announced whole.
+IMAP4REV2 = False
 
 #: Commands valid in every state.
 _ANY = {c.Capability: auth.capability, c.Noop: auth.noop, c.Logout: auth.logout, c.Id: auth.id_}
@@ -211,9 +218,10 @@ class IMAPSession(Protocol, TimeoutMixin):
         return not self.is_secure() and not self.context.allow_plaintext
 
     def capabilities(self) -> list[bytes]:
-        """What CAPABILITY lists now: IMAP4rev1, STARTTLS/LOGINDISABLED/AUTH=PLAIN as the
-        transport and settings say, and the extensions."""
-        caps = [b"IMAP4rev1"]
+        """What CAPABILITY lists now: IMAP4rev1 (and IMAP4rev2 if ``IMAP4REV2``),
+        STARTTLS/LOGINDISABLED/AUTH=PLAIN as the transport and settings say, and the
+        extensions."""
+        caps = [b"IMAP4rev1", b"IMAP4rev2"] if IMAP4REV2 else [b"IMAP4rev1"]
         if self.can_start_tls():
             caps.append(b"STARTTLS")
         if self.login_disabled():
@@ -425,6 +433,11 @@ class IMAPSession(Protocol, TimeoutMixin):
         """Is QRESYNC enabled (RFC 7162 3.2)?"""
         return "QRESYNC" in self.enabled
 
+    @property
+    def rev2(self) -> bool:
+        """Did the client enable IMAP4rev2 (RFC 9051 6.3.1)?"""
+        return "IMAP4rev2" in self.enabled
+
     def enable_condstore(self) -> None:
         """CONDSTORE is enabled from now on (ENABLE, or SELECT/EXAMINE ... (CONDSTORE))."""
         self.enabled.add("CONDSTORE")
@@ -468,7 +481,8 @@ class IMAPSession(Protocol, TimeoutMixin):
         return r.fetch_response(seq, items)
 
     def report_changes(self, allow_expunge: bool) -> None:
-        """Send what changed elsewhere in the selected mailbox since the client was told."""
+        """Send what changed elsewhere in the selected mailbox since the client was told (with
+        IMAP4rev2: no RECENT, and UID in each FETCH, RFC 9051 7.5.2)."""
         if self.mailbox is None:
             return
         updates = self.mailbox.sync(allow_expunge)
@@ -476,10 +490,10 @@ class IMAPSession(Protocol, TimeoutMixin):
             return
         out = [self.keyword_lines([updates.keywords]), self.expunged_lines(updates.expunged)]
         for seq, (uid, flags, modseq) in updates.flags.items():
-            out.append(self.flags_line(seq, uid, flags, modseq, False))
+            out.append(self.flags_line(seq, uid, flags, modseq, self.rev2))
         if updates.exists is not None:
             out.append(r.untagged(updates.exists, r.Atom(b"EXISTS")))
-        if updates.recent is not None:
+        if updates.recent is not None and not self.rev2:
             out.append(r.untagged(updates.recent, r.Atom(b"RECENT")))
         self.send(b"".join(out))
 
