@@ -2,18 +2,18 @@
 
 The set is resolved on the reactor against the session's view and cut into batches of about
 ``CHUNK`` octets (of response; of message data when messages are read, at most
-``BATCH_MESSAGES`` of them), each batch's rows made only when it is started.  Each batch is ``serialise``d: \\Seen set where a non-PEEK body item
-asks for it, what the items need read (no file for UID, FLAGS, INTERNALDATE, RFC822.SIZE; the
-header block for ENVELOPE and top-level header sections; the whole message otherwise), the
-``* n FETCH`` lines built.  That runs in a worker thread whenever it could wait for the disk;
-at once when it cannot: a batch of metadata, or one whose files are all in the page cache
-(read with ``RWF_NOWAIT``, which fails rather than wait; a file that is not cached sends the
-batch to the thread) -- a thread hop per batch costs more than the reading of cached files.
-The reactor writes a batch, starts the next one, and waits until the transport has sent what
-it holds (a push producer registered on it) before writing more, so memory stays bounded and
-the disk and the network work at once.  A message gone by then is left out; files still in
-new/ move to cur/ at the end, in one store call (read where the snapshot lists them, not after
-a rename).
+``BATCH_MESSAGES`` of them), each batch's rows made only when it is started. Each batch is
+``serialise``d: \\Seen set where a non-PEEK body item asks for it, what the items need read (no
+file for UID, FLAGS, INTERNALDATE, RFC822.SIZE; the header block for ENVELOPE and top-level
+header sections; the whole message otherwise), the ``* n FETCH`` lines built. That runs in a
+worker thread whenever it could wait for the disk; at once when it cannot: a batch of metadata,
+or one whose files are all in the page cache (read with ``RWF_NOWAIT``, which fails rather than
+wait; a file that is not cached sends the batch to the thread) -- a thread hop per batch costs
+more than the reading of cached files. The reactor writes a batch, starts the next one, and
+waits until the transport has sent what it holds (a push producer registered on it) before
+writing more, so memory stays bounded and the disk and the network work at once. A message gone
+by then is left out; files still in new/ move to cur/ at the end, in one store call (read where
+the snapshot lists them, not after a rename).
 """
 
 from __future__ import annotations
