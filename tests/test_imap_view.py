@@ -65,3 +65,22 @@ def test_a_later_batch_sees_flags_set_while_an_earlier_one_was_sent():
         (5, True, False),
         (6, True, True),
     ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    flags=st.lists(st.sets(st.sampled_from([SEEN, "\\Flagged", "$Junk"])), max_size=30),
+    gone=st.sets(st.integers(1, 30), max_size=4),
+    flag=st.sampled_from([SEEN, "\\Flagged", "$Junk"]),
+    wanted=st.booleans(),
+    by_uid=st.booleans(),
+)
+def test_with_flag_finds_what_a_search_over_every_row_finds(flags, gone, flag, wanted, by_uid):
+    infos = [_info(2 * n + 1, f) for n, f in enumerate(flags)]  # UIDs with gaps: 1, 3, 5...
+    view = FolderView(Snapshot(infos))
+    view.note_expunged(sorted(u for u in gone if u % 2))
+    rows = view.rows(view.resolve(SequenceSet(((1, None),)), False))
+    expected = [
+        info.uid if by_uid else seq for seq, info, _ in rows if (flag in info.flags) is wanted
+    ]
+    assert view.with_flag(flag, wanted, by_uid) == expected

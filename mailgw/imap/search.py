@@ -317,7 +317,7 @@ def compile_tree(node: tuple) -> Predicate:
     raise SearchSyntaxError(f"unknown criterion {kind}")
 
 
-def _one_flag(tree: tuple) -> tuple[str, bool] | None:
+def one_flag(tree: tuple) -> tuple[str, bool] | None:
     """``(flag, wanted)`` if the tree is one stored flag's test alone, else None."""
     while tree[0] == "AND" and len(tree[1]) == 1:
         tree = tree[1][0]
@@ -329,7 +329,7 @@ def _one_flag(tree: tuple) -> tuple[str, bool] | None:
 def matching(folder, tree: tuple, rows: list, by_uid: bool) -> list[int]:
     """Sequence numbers (or UIDs if ``by_uid``) of the matching rows, ``(seq, IMessageInfo,
     \\Recent here)`` in view order (blocking when the criteria read files)."""
-    flag = _one_flag(tree)
+    flag = one_flag(tree)
     if flag is not None:  # UNSEEN, FLAGGED, DELETED...: the commonest search, with no call
         name, wanted = flag
         if by_uid:

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 
 from mailgw.imap.mailbox import RECENT_CLAIMS
 from mailgw.imap.reply import Reply, bad, failed, no, ok
-from mailgw.imap.search import find, unsupported
+from mailgw.imap.search import find, one_flag, unsupported
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import responses as r
 
@@ -264,11 +264,15 @@ async def search(session, command: c.Search) -> Reply:
         return bad(b"SEARCH %s is not supported" % kind.encode("ascii", "replace"))
     if by_modseq:
         await session.condstore_action()
-    rows = list(view.rows(view.resolve(_EVERY, False)))
-    try:
-        found = await find(mailbox.folder, criteria, rows, command.uid)
-    except Exception:
-        return failed(Failure(), b"SEARCH")
+    flag = one_flag(criteria)
+    if flag is not None:  # UNSEEN, FLAGGED...: the commonest search, answered from the view
+        found = view.with_flag(*flag, command.uid)
+    else:
+        rows = list(view.rows(view.resolve(_EVERY, False)))
+        try:
+            found = await find(mailbox.folder, criteria, rows, command.uid)
+        except Exception:
+            return failed(Failure(), b"SEARCH")
     view = mailbox.view
     uid_of = (lambda n: n) if command.uid else view.uid
     modseq_of = (lambda n: view.info(uid_of(n)).modseq) if by_modseq else None

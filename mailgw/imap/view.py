@@ -208,6 +208,18 @@ class FolderView:
         recent = self._recent
         return [(seq, info, info.uid in recent) for seq, info in sorted(found.items())]
 
+    def with_flag(self, flag: str, wanted: bool, by_uid: bool) -> list[int]:
+        """Sequence numbers (UIDs if ``by_uid``) of the messages that have stored flag ``flag``
+        (``wanted``) or have not: SEARCH UNSEEN and its kind, without a row per message."""
+        infos, gone = self._infos, self._gone
+        if by_uid:
+            return [u for u in self._uids if (flag in infos[u].flags) is wanted and u not in gone]
+        return [
+            seq
+            for seq, uid in enumerate(self._uids, 1)
+            if (flag in infos[uid].flags) is wanted and uid not in gone
+        ]
+
     def row_batches(self, messages: SequenceSet, by_uid: bool, size: int):
         """``rows`` of a (UID) set, ``size`` at a time, each batch made when asked for and from
         the view as it is then (``resolve`` gives the order).  One range (``1:*``, the common
