@@ -202,17 +202,44 @@ class _Cold(Exception):
     rest: list | None = None
 
 
-def _cached(folder_path: str, info, count: int) -> bytes:
+class _Directories:
+    """A folder's new/ and cur/, each opened once for a batch read from the page cache, so that
+    each message is opened by its name alone (no walk of the whole path per message)."""
+
+    __slots__ = ("_path", "_fds")
+
+    def __init__(self, folder_path: str) -> None:
+        self._path = folder_path
+        self._fds: dict[str, int] = {}
+
+    def open(self, info) -> int:
+        """A descriptor of the file ``info`` names (OSError if it is gone)."""
+        directory = self._fds.get(info.subdir)
+        if directory is None:
+            path = os.path.join(self._path, info.subdir)
+            directory = self._fds[info.subdir] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        return os.open(info.filename, os.O_RDONLY, dir_fd=directory)
+
+    def close(self) -> None:
+        """Give the directories back."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _cached(directories: _Directories, info, count: int) -> bytes:
     """The first ``count`` octets of the message's file, if the file is as listed (its size)
-    and they are all in the page cache; else _Cold.  Never waits for the disk to read."""
+    and they are all in the page cache; else _Cold.  Never waits for the disk to read.  The
+    whole file is read with one octet more asked than listed, which tells its size as well."""
     try:
-        fd = os.open(os.path.join(folder_path, info.subdir, info.filename), os.O_RDONLY)
+        fd = directories.open(info)
     except OSError:
         raise _Cold() from None
+    whole = count == info.size
     try:
-        if os.fstat(fd).st_size != info.size:
+        if not whole and os.fstat(fd).st_size != info.size:
             raise _Cold()
-        buffer = bytearray(count)
+        buffer = bytearray(count + whole)
         got = os.preadv(fd, [buffer], 0, _NOWAIT)
     except OSError:  # BlockingIOError: not in the page cache
         raise _Cold() from None
@@ -220,11 +247,11 @@ def _cached(folder_path: str, info, count: int) -> bytes:
         os.close(fd)
     if got != count:
         raise _Cold()
-    return bytes(buffer)
+    return bytes(memoryview(buffer)[:count]) if whole else bytes(buffer)
 
 
-def _cached_header(folder_path: str, info) -> bytes:
-    data = _cached(folder_path, info, min(info.size, _HEADER_READ))
+def _cached_header(directories: _Directories, info) -> bytes:
+    data = _cached(directories, info, min(info.size, _HEADER_READ))
     if len(data) < info.size and not _ends_header(data):
         raise _Cold()
     return header_block(data)
@@ -279,9 +306,10 @@ class _Message:
 
     __slots__ = ("_folder", "_path", "_info", "_reads", "_cached", "_key", "_read", "_parsed")
 
-    def __init__(self, folder, folder_path: str, info, reads: int, cached: bool, key) -> None:
+    def __init__(self, folder, folder_path: str, info, reads: int, cached, key) -> None:
         """Read what ``reads`` says when first asked; only from the page cache if ``cached``
-        (else _Cold).  ``key`` is the folder's ``(address, name, UIDVALIDITY)``."""
+        (the folder's _Directories; else _Cold) .  ``key`` is the folder's ``(address, name,
+        UIDVALIDITY)``."""
         self._folder, self._path, self._info = folder, folder_path, info
         self._reads, self._cached, self._key = reads, cached, key
         self._read = self._parsed = None
@@ -291,11 +319,11 @@ class _Message:
             folder, path, info = self._folder, self._path, self._info
             if self._reads == WHOLE:
                 if self._cached:
-                    self._read = _cached(path, info, info.size)
+                    self._read = _cached(self._cached, info, info.size)
                 else:
                     self._read = _whole(folder, path, info)
             elif self._cached:
-                self._read = _cached_header(path, info)
+                self._read = _cached_header(self._cached, info)
             else:
                 self._read = _header(folder, path, info)
         return self._read
@@ -436,12 +464,18 @@ def serialise(folder, rows: list, plan: Plan, cached: bool = False) -> tuple[lis
         writes = [b"".join(make(rows, flag_items))]
         changed = []
     else:
-        writes, changed = _general(folder, rows, plan, flag_items, cached)
+        directories = _Directories(str(folder.path)) if cached else None
+        try:
+            writes, changed = _general(folder, rows, plan, flag_items, directories)
+        finally:
+            if directories is not None:
+                directories.close()
     return writes, changed
 
 
-def _general(folder, rows: list, plan: Plan, flags_of: _Flags, cached: bool) -> tuple[list, list]:
-    """``serialise`` for items that read the message or set \\Seen: (writes, changed)."""
+def _general(folder, rows: list, plan: Plan, flags_of: _Flags, cached) -> tuple[list, list]:
+    """``serialise`` for items that read the message or set \\Seen: (writes, changed); files
+    read from the page cache only if ``cached`` (the folder's _Directories)."""
     folder_path = str(folder.path)
     key = (folder.address, folder.name, folder.uid_validity)
     makers = [_maker(attribute) for attribute in plan.attributes]
