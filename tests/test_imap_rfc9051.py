@@ -1,0 +1,349 @@
+"""IMAP4rev2 (RFC 9051) announced beside IMAP4rev1: the examples of RFC 9051 sections 6 and 7
+that differ from RFC 3501's, replayed over a real socket after ``ENABLE IMAP4rev2``, and what an
+IMAP4rev1 session (no ENABLE) keeps.
+
+Each example is the RFC's transcript (its editorial line breaks joined, "..." elisions written
+out), run against a mailbox set up so that its numbers come out, and compared byte for byte
+after one normalisation (``normalised``): the human-readable text of status responses and
+continuations is cut, and the values the RFC's server chose and mailgw chooses differently
+(UIDVALIDITY, UIDs and UIDNEXT, the hierarchy delimiter "." for "/", names sent as quoted
+strings, PERMANENTFLAGS, CAPABILITY lists, special-use attributes) are put into the RFC's text
+before it is compared (``Example.choices``).  Where mailgw's answer differs for another reason,
+the example says so in ``Example.reason`` and its ``differs`` gives the RFC's line and mailgw's
+in its place, so the test shows mailgw's answer.  SELECT and EXAMINE answers are compared
+without regard to the order of their untagged responses (RFC 9051 6.3.2: "The order of
+individual responses is not important").
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from test_imap import ALICE, PASSWORD, message, read_until
+
+from mailgw.imap import make_factory
+from mailgw.imap import session as imap_session
+
+#: The folders every new user gets, removed where an example lists folders.
+DEFAULTS = ("Sent", "Drafts", "Trash", "Junk", "Archive")
+_STATUS = re.compile(rb"(\S+ (?:OK|NO|BAD|BYE|PREAUTH))(?: (\[[^\]]*\]))?(?: .*)?")
+
+
+@pytest.fixture(autouse=True)
+def rev2_announced(monkeypatch):
+    """IMAP4rev2 announced (``session.IMAP4REV2``) for every test here."""
+    monkeypatch.setattr(imap_session, "IMAP4REV2", True)
+
+
+@pytest.fixture
+def port(server):
+    """Alice and an IMAP listener."""
+    server.add_user(ALICE, PASSWORD)
+    return server.listen(make_factory)
+
+
+class Client:
+    """A raw connection; ``send`` runs one command (its literals too) and returns its lines."""
+
+    def __init__(self, port: int, login: bool = True, rev2: bool = True) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.greeting = read_until(self.sock, b"* OK")
+        if login:
+            assert self.send(b"l LOGIN " + ALICE.encode() + b" " + PASSWORD.encode())[-1] == (
+                b"l OK LOGIN completed"
+            )
+        if rev2:
+            assert self.send(b"e ENABLE IMAP4rev2") == [
+                b"* ENABLED IMAP4rev2",
+                b"e OK ENABLE completed",
+            ]
+
+    def send(self, *parts: bytes) -> list[bytes]:
+        """Send a command made of ``parts`` (a part ending in a synchronising literal's
+        ``{n}`` waits for the continuation); every line received up to the tagged reply."""
+        tag = parts[0].split(b" ", 1)[0] + b" "
+        received = b""
+        for part in parts[:-1]:
+            self.sock.sendall(part + b"\r\n")
+            if re.search(rb"\{\d+\}$", part):
+                received += read_until(self.sock, b"+")
+        self.sock.sendall(parts[-1] + b"\r\n")
+        received += read_until(self.sock, tag)
+        return received.split(b"\r\n")[:-1]
+
+    def ok(self, line: bytes) -> list[bytes]:
+        """Run a command that must succeed."""
+        answer = self.send(line)
+        assert answer[-1].startswith(line.split(b" ", 1)[0] + b" OK"), answer
+        return answer
+
+    def only_inbox(self) -> None:
+        """Delete the default folders and their subscriptions (INBOX stays)."""
+        for name in DEFAULTS:
+            self.ok(b"d DELETE " + name.encode())
+            self.send(b"u UNSUBSCRIBE " + name.encode())
+        self.send(b"u UNSUBSCRIBE INBOX")
+
+    def close(self) -> None:
+        """Hang up."""
+        self.sock.close()
+
+
+@pytest.fixture
+def connect(port):
+    """Make logged-in connections (``ENABLE IMAP4rev2`` done unless ``rev2=False``)."""
+    clients = []
+
+    def make(**options) -> Client:
+        clients.append(Client(port, **options))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def normalised(line: bytes) -> bytes:
+    """A response line without its human-readable text: a status response keeps its status and
+    response code, a continuation only its ``+``."""
+    if line.startswith(b"+"):
+        return b"+"
+    found = _STATUS.fullmatch(line)
+    if found:
+        return b" ".join(part for part in found.groups() if part)
+    return line
+
+
+def fill(folder, count: int, flags: Callable[[int], set] = lambda n: set(), body=None) -> list:
+    """``count`` messages (not \\Recent), message n with ``flags(n)`` and, if ``body`` is given,
+    ``body(n)`` as its text; their UIDs."""
+    uids = []
+    for n in range(1, count + 1):
+        text = body(n) if body is not None else "Hello.\r\n"
+        uids.append(folder.append(message(f"m{n}", text), flags=sorted(flags(n))))
+    folder.mark_seen_by_client(uids)
+    return uids
+
+
+@dataclass
+class Example:
+    """One RFC 9051 example: its transcript, the mailbox it needs (``setup(server, store)``
+    returns the values mailgw chose, as ``choices``), and where mailgw legitimately differs."""
+
+    transcript: str
+    setup: Callable = lambda server, client: {}
+    #: RFC text -> mailgw's choice of the same value.
+    choices: dict = field(default_factory=dict)
+    #: RFC line (after ``choices``) -> mailgw's lines in its place ("" for none), for ``reason``.
+    differs: dict = field(default_factory=dict)
+    reason: str = ""
+    unordered: bool = False
+
+
+def commands(transcript: str) -> list[tuple[list[bytes], list[bytes]]]:
+    """The transcript's commands, each as (its parts to send, the lines answered); a line that
+    starts with neither "C: " nor "S: " continues the one before (an editorial break)."""
+    lines: list[str] = []
+    for raw in transcript.strip().splitlines():
+        if raw.strip()[:3] in ("C: ", "S: "):
+            lines.append(raw.strip())
+        else:  # the RFC's editorial line break
+            lines[-1] += " " + raw.strip()
+    out: list[tuple[list[bytes], list[bytes]]] = []
+    literal = False
+    for raw in lines:
+        who, _, text = raw.partition(": ")
+        data = text.encode("utf-8")
+        if who == "C" and literal:
+            out[-1][0].append(data)
+        elif who == "C":
+            out.append(([data], []))
+        else:
+            out[-1][1].append(data)
+        literal = who == "C" and bool(re.search(rb"\{\d+\+?\}$", data))
+    return out
+
+
+def replay(client: Client, example: Example, choices: dict) -> None:
+    """Run the example's commands; compare each answer with the RFC's, normalised."""
+    every = {**example.choices, **choices}
+
+    def chosen(text: str) -> str:
+        for rfc, ours in every.items():
+            text = text.replace(rfc, ours)
+        return text
+
+    differs = {chosen(rfc): chosen(ours) for rfc, ours in example.differs.items()}
+    for parts, expected in commands(example.transcript):
+        parts = [chosen(part.decode("utf-8")).encode("utf-8") for part in parts]
+        wanted = []
+        for line in expected:
+            mine = chosen(line.decode("utf-8"))
+            mine = differs.get(mine, mine)
+            wanted += [m.encode("utf-8") for m in mine.split("\n") if m]
+        got = [normalised(line) for line in client.send(*parts)]
+        wanted = [normalised(line) for line in wanted]
+        if example.unordered:
+            got, wanted = sorted(got[:-1]) + got[-1:], sorted(wanted[:-1]) + wanted[-1:]
+        assert got == wanted, parts
+
+
+def caps_after_login(server, client) -> dict:
+    """The capability list as the RFC's example server spells it -> mailgw's."""
+    caps = client.send(b"c CAPABILITY")[0].decode()[len("* CAPABILITY ") :]
+    return {"IMAP4rev2 ID LITERAL+ X-GOOD-IDEA": caps}
+
+
+def inbox_of(count: int, name: str = "INBOX", uidnext: str = "4392", validity="3857529045"):
+    """A setup: ``count`` messages in ``name`` (created unless INBOX)."""
+
+    def setup(server, client) -> dict:
+        if name != "INBOX":
+            client.ok(b"c CREATE " + name.encode())
+        folder = server.store.folder(ALICE, name)
+        fill(folder, count)
+        return {
+            validity: str(folder.uid_validity),
+            f"[UIDNEXT {uidnext}]": f"[UIDNEXT {folder.uid_next}]",
+            "[HIGHESTMODSEQ]": f"[HIGHESTMODSEQ {folder.highest_modseq}]",
+        }
+
+    return setup
+
+
+def select_closed(server, client) -> dict:
+    inbox, drafts = server.store.folder(ALICE), server.store.folder(ALICE, "Drafts")
+    fill(inbox, 172)
+    fill(drafts, 5)
+    return {
+        "3857529045": str(inbox.uid_validity),
+        "9877410381": str(drafts.uid_validity),
+        "[UIDNEXT 4392]": f"[UIDNEXT {inbox.uid_next}]",
+        "[UIDNEXT 102]": f"[UIDNEXT {drafts.uid_next}]",
+        "[HIGHESTMODSEQ]": f"[HIGHESTMODSEQ {inbox.highest_modseq}]",
+        "[HIGHESTMODSEQ D]": f"[HIGHESTMODSEQ {drafts.highest_modseq}]",
+    }
+
+
+#: The permanent flags of the RFC's server -> mailgw's (every system flag and keywords).
+_PERMANENT = {
+    "(\\Deleted \\Seen \\*)": "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)",
+    "(\\Deleted \\Seen \\Answered \\Flagged \\Draft \\*)": (
+        "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
+    ),
+}
+
+EXAMPLES = {
+    "6.3.1-enable-capability-unchanged": Example(
+        """
+        C: t1 CAPABILITY
+        S: * CAPABILITY IMAP4rev2 ID LITERAL+ X-GOOD-IDEA
+        S: t1 OK foo
+        C: t2 ENABLE CONDSTORE X-GOOD-IDEA
+        S: * ENABLED X-GOOD-IDEA
+        S: t2 OK foo
+        C: t3 CAPABILITY
+        S: * CAPABILITY IMAP4rev2 ID LITERAL+ X-GOOD-IDEA
+        S: t3 OK foo again
+        """,
+        caps_after_login,
+        differs={"* ENABLED X-GOOD-IDEA": "* ENABLED CONDSTORE"},
+        reason="the RFC's server knows the fictitious X-GOOD-IDEA and not CONDSTORE; mailgw "
+        "the other way round, so it enables CONDSTORE and ignores X-GOOD-IDEA",
+    ),
+    "6.3.1-enable-condstore": Example(
+        """
+        C: a1 ENABLE CONDSTORE
+        S: * ENABLED CONDSTORE
+        S: a1 OK Conditional Store enabled
+        """
+    ),
+    "8-enable-imap4rev2": Example(
+        """
+        C: babc ENABLE IMAP4rev2
+        S: * ENABLED
+        S: babc OK Some capabilities enabled
+        """,
+        differs={"* ENABLED": "* ENABLED"},
+        reason="the session already enabled IMAP4rev2 (as every replay here does first, with "
+        "the answer of section 8: * ENABLED IMAP4rev2); enabling it again lists nothing "
+        "(6.3.1: each ENABLED lists only what its command enabled)",
+    ),
+    "6.3.2-select": Example(
+        """
+        C: A142 SELECT INBOX
+        S: * 172 EXISTS
+        S: * OK [UIDVALIDITY 3857529045] UIDs valid
+        S: * OK [UIDNEXT 4392] Predicted next UID
+        S: * FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)
+        S: * OK [PERMANENTFLAGS (\\Deleted \\Seen \\*)] Limited
+        S: * LIST () "/" INBOX
+        S: A142 OK [READ-WRITE] SELECT completed
+        """,
+        inbox_of(172),
+        choices={**_PERMANENT, '"/" INBOX': '"." "INBOX"'},
+        differs={'* LIST () "." "INBOX"': '* LIST () "." "INBOX"\n* OK [HIGHESTMODSEQ]'},
+        reason="mailgw announces CONDSTORE, so SELECT also gives HIGHESTMODSEQ (RFC 7162 3.1.2.1)",
+        unordered=True,
+    ),
+    "6.3.2-select-closed": Example(
+        """
+        C: A142 SELECT INBOX
+        S: * 172 EXISTS
+        S: * OK [UIDVALIDITY 3857529045] UIDs valid
+        S: * OK [UIDNEXT 4392] Predicted next UID
+        S: * FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)
+        S: * OK [PERMANENTFLAGS (\\Deleted \\Seen \\*)] Limited
+        S: A142 OK [READ-WRITE] SELECT completed
+        C: A143 SELECT Drafts
+        S: * OK [CLOSED] Previous mailbox is now closed
+        S: * 5 EXISTS
+        S: * OK [UIDVALIDITY 9877410381] UIDs valid
+        S: * OK [UIDNEXT 102] Predicted next UID
+        S: * LIST () "/" Drafts
+        S: * FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)
+        S: * OK [PERMANENTFLAGS (\\Deleted \\Seen \\Answered
+            \\Flagged \\Draft \\*)] System flags and keywords allowed
+        S: A143 OK [READ-WRITE] SELECT completed
+        """,
+        select_closed,
+        choices={**_PERMANENT, '* LIST () "/" Drafts': '* LIST (\\Drafts) "." "Drafts"'},
+        differs={
+            "* 172 EXISTS": '* 172 EXISTS\n* LIST () "." "INBOX"\n* OK [HIGHESTMODSEQ]',
+            "* 5 EXISTS": "* 5 EXISTS\n* OK [HIGHESTMODSEQ D]",
+        },
+        reason="the RFC leaves A142's LIST response out of this example (6.3.2 requires it, as "
+        "the example before shows); mailgw gives HIGHESTMODSEQ (it announces CONDSTORE)",
+        unordered=True,
+    ),
+    "6.3.3-examine": Example(
+        """
+        C: A932 EXAMINE blurdybloop
+        S: * 17 EXISTS
+        S: * OK [UIDVALIDITY 3857529045] UIDs valid
+        S: * OK [UIDNEXT 4392] Predicted next UID
+        S: * LIST () "/" blurdybloop
+        S: * FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)
+        S: * OK [PERMANENTFLAGS ()] No permanent flags permitted
+        S: A932 OK [READ-ONLY] EXAMINE completed
+        """,
+        inbox_of(17, "blurdybloop"),
+        choices={'"/" blurdybloop': '"." "blurdybloop"'},
+        differs={"* 17 EXISTS": "* 17 EXISTS\n* OK [HIGHESTMODSEQ]"},
+        reason="mailgw gives HIGHESTMODSEQ (it announces CONDSTORE)",
+        unordered=True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_rfc9051_example(connect, server, name):
+    """The example replayed after ENABLE IMAP4rev2 (module docstring: what is normalised)."""
+    example = EXAMPLES[name]
+    client = connect()
+    choices = example.setup(server, client)
+    replay(client, example, choices)
