@@ -24,12 +24,16 @@ from email.parser import BytesParser
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThread
 
+from mailgw.imap.mime.address import address_text
 from mailgw.store.interfaces import NoSuchMessage, StoreError
 
 #: Views of at most this many messages are searched on the reactor when no file is read.
 REACTOR_ROWS = 5_000
 
 _RECENT = "\\Recent"
+#: Fields whose addresses are also matched as written back plainly (with comments inside an
+#: address dropped), as Dovecot does for SEARCH FROM, TO, CC and BCC.
+_ADDRESS_FIELDS = frozenset({"from", "to", "cc", "bcc"})
 #: Octets whose presence means the text as decoded may differ from the octets as stored
 #: (encoded words, transfer encodings, charsets that are not ASCII supersets, escapes).
 _ENCODING_MARKS = (
@@ -152,6 +156,18 @@ class _Content:
 
     def header(self, name: str) -> list[str]:
         return [_decoded(value) for value in self.message().get_all(name, [])]
+
+    def addresses(self, name: str) -> list[str]:
+        """The values of an address field written back plainly (``address_text``), decoded
+        and in lower case: what SEARCH FROM, TO, CC and BCC match besides the value."""
+        return [
+            _decoded(
+                address_text(str(value).encode("utf-8", "surrogateescape")).decode(
+                    "utf-8", "surrogateescape"
+                )
+            )
+            for value in self.message().get_all(name, [])
+        ]
 
     def body(self) -> str:
         if self._text is None:
@@ -311,7 +327,15 @@ def compile_tree(node: tuple) -> Predicate:
             values = content.header(name)
             return bool(values) and (not value or any(value in v for v in values))
 
-        return header
+        if name not in _ADDRESS_FIELDS:
+            return header
+
+        def address(seq, info, recent, content, last) -> bool:
+            return header(seq, info, recent, content, last) or (
+                bool(value) and any(value in v for v in content.addresses(name))
+            )
+
+        return address
     if kind in ("BODY", "TEXT"):
         return _text(kind, node[1])
     raise SearchSyntaxError(f"unknown criterion {kind}")

@@ -226,6 +226,38 @@ _PLAIN_ADDRESS = re.compile(
 
 def addresses(value: bytes) -> list:
     """An address-list header value as RFC 3501 address structures, groups included."""
+    found = _parsed(value)
+    for address in found:
+        if address[0] is not None:
+            address[0] = humane(address[0])
+    return found
+
+
+def address_text(value: bytes) -> bytes:
+    """An address-list header value written back plainly, as Dovecot matches SEARCH FROM,
+    TO, CC and BCC: ``name <local@domain>`` or ``local@domain`` joined by ``, ``, a group as
+    ``name: ...;``; comments inside an address dropped, a lone comment taken as the name."""
+    text = bytearray()
+    in_group = False
+    for name, route, mailbox, domain in _parsed(value):
+        if domain is None:  # a group's start (its name in ``mailbox``) or end
+            if in_group:
+                if text.endswith(b", "):
+                    del text[-2:]
+                text += b";, "
+            else:
+                text += mailbox + b": "
+            in_group = not in_group
+            continue
+        mailbox = b"" if mailbox == MISSING_MAILBOX else mailbox
+        domain = b"" if domain in (MISSING_DOMAIN, SYNTAX_ERROR) else b"@" + domain
+        spec = (route + b":" if route else b"") + mailbox + domain
+        text += b"%s <%s>, " % (name, spec) if name else spec + b", "
+    return bytes(text.removesuffix(b", "))
+
+
+def _parsed(value: bytes) -> list:
+    """The address structures of ``value`` with display names as read (not yet humane)."""
     plain = _plain_addresses(value)
     if plain is not None:
         return plain
@@ -266,7 +298,7 @@ def _plain_addresses(value: bytes) -> list | None:
                 name = b" ".join(found.group("name").split()) or None
         if _odd_dots(local) or _odd_dots(domain):
             return None
-        result.append([_name(name), None, local, domain])
+        result.append([name or None, None, local, domain])
         pos = found.end()
         if value.endswith(b",", 0, pos) and pos == end:
             return None
@@ -344,7 +376,7 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
             lexer.next()
         else:
             domain = SYNTAX_ERROR
-        result.append([_name(words), route, mailbox, domain])
+        result.append([words or None, route, mailbox, domain])
         return
     if text == b";" and not words:
         return
@@ -359,7 +391,7 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
         # Not an addr-spec after all: the words (even an empty "") are a name without an
         # address.
         lexer.pos = after_words
-        result.append([humane(words), None, MISSING_MAILBOX, MISSING_DOMAIN])
+        result.append([words, None, MISSING_MAILBOX, MISSING_DOMAIN])
         return
     domain = MISSING_DOMAIN
     if text == b"@":
@@ -367,11 +399,7 @@ def _mailbox(lexer: _Lexer, result: list) -> None:
         domain = _domain(lexer) or MISSING_DOMAIN
     lexer.skip_comments()
     name = lexer.comments[-1] if lexer.comments else None
-    result.append([_name(name), None, local or MISSING_MAILBOX, domain])
-
-
-def _name(name: bytes | None) -> bytes | Atom | None:
-    return humane(name) if name else None
+    result.append([name or None, None, local or MISSING_MAILBOX, domain])
 
 
 def _route(lexer: _Lexer) -> bytes | None:
