@@ -142,6 +142,8 @@ class Example:
     differs: dict = field(default_factory=dict)
     reason: str = ""
     unordered: bool = False
+    #: Is IMAP4rev2 enabled before the transcript starts (it is unless the example does it)?
+    rev2: bool = True
 
 
 def commands(transcript: str) -> list[tuple[list[bytes], list[bytes]]]:
@@ -164,7 +166,8 @@ def commands(transcript: str) -> list[tuple[list[bytes], list[bytes]]]:
             out.append(([data], []))
         else:
             out[-1][1].append(data)
-        literal = who == "C" and bool(re.search(rb"\{\d+\+?\}$", data))
+        if who == "C" or not data.startswith(b"+"):
+            literal = who == "C" and bool(re.search(rb"\{\d+\+?\}$", data))
     return out
 
 
@@ -229,6 +232,74 @@ def select_closed(server, client) -> dict:
     }
 
 
+def letter(n: int, sender: str = "Bob Sender <bob@elsewhere.test>", text: str = "Hello.") -> bytes:
+    """Message ``n``: from ``sender``, with ``text`` (UTF-8) as its body."""
+    return (
+        f"From: {sender}\r\nTo: {ALICE}\r\nSubject: m{n}\r\nMessage-ID: <m{n}@elsewhere.test>\r\n"
+        "Date: Tue, 01 Oct 2024 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        f"{text}\r\n"
+    ).encode()
+
+
+def store_all(folder, letters: list[tuple[bytes, set]]) -> list[int]:
+    """Append ``(message, flags)`` each, none \\Recent; their UIDs."""
+    uids = [folder.append(data, flags=sorted(flags)) for data, flags in letters]
+    folder.mark_seen_by_client(uids)
+    return uids
+
+
+def selected(setup: Callable) -> Callable:
+    """``setup``, then INBOX selected."""
+
+    def run(server, client) -> dict:
+        choices = setup(server, client)
+        client.ok(b"s SELECT INBOX")
+        return choices
+
+    return run
+
+
+@selected
+def search_box(server, client) -> dict:
+    """The mailbox of 6.4.4's examples: 43 messages; 2, 10 and 11 \\Flagged (and 5, from
+    Smith); 1 to 3 \\Seen; 20 to 34 \\Deleted; 43 says "отпуск"."""
+    letters = []
+    for n in range(1, 44):
+        flags = {"\\Flagged"} if n in (2, 5, 10, 11) else set()
+        flags |= {"\\Seen"} if n <= 3 else set()
+        flags |= {"\\Deleted"} if 20 <= n <= 34 else set()
+        sender = "John Smith <smith@elsewhere.test>" if n == 5 else "Bob <bob@elsewhere.test>"
+        letters.append((letter(n, sender, "отпуск" if n == 43 else "Hello."), flags))
+    uids = store_all(server.store.folder(ALICE), letters)
+    return {"UID MIN 7 MAX 3800": f"UID MIN {uids[0]} MAX {uids[-1]}"}
+
+
+@selected
+def saved_smaller(server, client) -> dict:
+    """Six messages: 1 from Smith, 3 and 4 of more than 4096 octets."""
+    letters = []
+    for n in range(1, 7):
+        sender = "John Smith <smith@elsewhere.test>" if n == 1 else "Bob <bob@elsewhere.test>"
+        letters.append((letter(n, sender, "x" * 5000 if n in (3, 4) else "small"), set()))
+    uids = store_all(server.store.folder(ALICE), letters)
+    return {"17,900,901": f"{uids[1]},{uids[4]}:{uids[5]}"}
+
+
+@selected
+def saved_or(server, client) -> dict:
+    """3021 messages; 882, 1102, 3003, 3005 and 3006 say "мать", and so do 500 and 3010, from
+    Smith (outside ``$``), of which only 3010 is in 3000:3021."""
+    letters = []
+    for n in range(1, 3022):
+        smith = n in (500, 3003, 3005, 3010)
+        sender = "John Smith <smith@elsewhere.test>" if smith else "Bob <bob@elsewhere.test>"
+        says = n in (500, 882, 1102, 3003, 3005, 3006)
+        letters.append((letter(n, sender, "мать" if says else "Hello."), set()))
+    store_all(server.store.folder(ALICE), letters)
+    return {}
+
+
 #: The permanent flags of the RFC's server -> mailgw's (every system flag and keywords).
 _PERMANENT = {
     "(\\Deleted \\Seen \\*)": "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)",
@@ -265,13 +336,30 @@ EXAMPLES = {
     "8-enable-imap4rev2": Example(
         """
         C: babc ENABLE IMAP4rev2
-        S: * ENABLED
+        S: * ENABLED IMAP4rev2
         S: babc OK Some capabilities enabled
+        C: babd ENABLE IMAP4rev2
+        S: * ENABLED
+        S: babd OK
         """,
-        differs={"* ENABLED": "* ENABLED"},
-        reason="the session already enabled IMAP4rev2 (as every replay here does first, with "
-        "the answer of section 8: * ENABLED IMAP4rev2); enabling it again lists nothing "
-        "(6.3.1: each ENABLED lists only what its command enabled)",
+        rev2=False,
+    ),
+    "7.2.1-enabled": Example(
+        """
+        C: x ENABLE CONDSTORE QRESYNC
+        S: * ENABLED CONDSTORE QRESYNC
+        S: x OK
+        """
+    ),
+    "7.3.2-namespace": Example(
+        """
+        C: n NAMESPACE
+        S: * NAMESPACE (("" "/")) (("~" "/")) NIL
+        S: n OK
+        """,
+        choices={'(("" "/"))': '(("" "."))'},
+        differs={'* NAMESPACE (("" ".")) (("~" "/")) NIL': '* NAMESPACE (("" ".")) NIL NIL'},
+        reason="mailgw shows no other users' mailboxes, so that namespace is NIL",
     ),
     "6.3.2-select": Example(
         """
@@ -337,6 +425,87 @@ EXAMPLES = {
         reason="mailgw gives HIGHESTMODSEQ (it announces CONDSTORE)",
         unordered=True,
     ),
+    "6.4.4-search-min-count": Example(
+        """
+        C: A282 SEARCH RETURN (MIN COUNT) FLAGGED
+            SINCE 1-Feb-1994 NOT FROM "Smith"
+        S: * ESEARCH (TAG "A282") MIN 2 COUNT 3
+        S: A282 OK SEARCH completed
+        """,
+        search_box,
+    ),
+    "6.4.4-search-return-empty-list": Example(
+        """
+        C: A283 SEARCH RETURN () FLAGGED
+            SINCE 1-Feb-1994 NOT FROM "Smith"
+        S: * ESEARCH (TAG "A283") ALL 2,10:11
+        S: A283 OK SEARCH completed
+        """,
+        search_box,
+    ),
+    "6.4.4-search-plain-and-literal": Example(
+        """
+        C: A284 SEARCH TEXT "string not in mailbox"
+        S: * ESEARCH (TAG "A284")
+        S: A284 OK SEARCH completed
+        C: A285 SEARCH CHARSET UTF-8 TEXT {12}
+        S: + Ready for literal text
+        C: отпуск
+        S: * ESEARCH (TAG "A285") ALL 43
+        S: A285 OK SEARCH completed
+        """,
+        search_box,
+    ),
+    "6.4.4-search-first-unseen": Example(
+        """
+        C: A284 SEARCH RETURN (MIN) UNSEEN
+        S: * ESEARCH (TAG "A284") MIN 4
+        S: A284 OK SEARCH completed
+        """,
+        search_box,
+    ),
+    "6.4.4-uid-search-min-max": Example(
+        """
+        C: A285 UID SEARCH RETURN (MIN MAX) 1:5000
+        S: * ESEARCH (TAG "A285") UID MIN 7 MAX 3800
+        S: A285 OK SEARCH completed
+        """,
+        search_box,
+    ),
+    "6.4.4-search-count-deleted": Example(
+        """
+        C: A286 SEARCH RETURN (COUNT) DELETED
+        S: * ESEARCH (TAG "A286") COUNT 15
+        S: A286 OK SEARCH completed
+        """,
+        search_box,
+    ),
+    "6.4.4.4-example-3-saved-result-in-uid-search": Example(
+        """
+        C: A300 SEARCH RETURN (SAVE) SINCE 1-Jan-2004
+            NOT FROM "Smith"
+        S: A300 OK SEARCH completed
+        C: A301 UID SEARCH UID $ SMALLER 4096
+        S: * ESEARCH (TAG "A301") UID ALL 17,900,901
+        S: A301 OK completed
+        C: A302 UID SEARCH $ SMALLER 4096
+        S: * ESEARCH (TAG "A302") UID ALL 17,900,901
+        S: A302 OK completed
+        """,
+        saved_smaller,
+    ),
+    "6.4.4.4-example-4-saved-result-or": Example(
+        """
+        C: P282 SEARCH RETURN (SAVE) SINCE 1-Feb-1994
+            NOT FROM "Smith"
+        S: P282 OK SEARCH completed
+        C: P283 SEARCH CHARSET UTF-8 (OR $ 1,3000:3021) TEXT {8+}
+        C: мать
+        S: * ESEARCH (TAG "P283") ALL 882,1102,3003,3005:3006
+        S: P283 OK completed
+        """,
+        saved_or,
+    ),
 }
 
 
@@ -344,6 +513,6 @@ EXAMPLES = {
 def test_rfc9051_example(connect, server, name):
     """The example replayed after ENABLE IMAP4rev2 (module docstring: what is normalised)."""
     example = EXAMPLES[name]
-    client = connect()
+    client = connect(rev2=example.rev2)
     choices = example.setup(server, client)
     replay(client, example, choices)
