@@ -4,10 +4,13 @@ The search criteria are evaluated as SEARCH evaluates them, over snapshots of th
 view; then the header fields the keys or the algorithm need are read from the matching
 messages, and the result ordered (``mailgw.imap.ordering``) -- all in one worker thread, so the
 reactor never waits on the disk.  The answer is ``* SORT`` or ``* THREAD`` (with UIDs for the
-UID forms), even when nothing matched.
+UID forms), even when nothing matched.  The criteria may hold ``$`` (RFC 5182: the saved
+result, wherever a sequence set may stand) and MODSEQ (RFC 7162 3.1.5), as SEARCH's may.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -17,7 +20,7 @@ from mailgw.imap.fetch import _header as read_header
 from mailgw.imap.mime.headers import field_value, split_fields
 from mailgw.imap.reply import Reply, bad, failed, no, ok
 from mailgw.imap.search import Candidate, evaluate, unsupported
-from mailgw.imap.selected import CHARSETS
+from mailgw.imap.selected import CHARSETS, as_uids, has_modseq
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import responses as r
 from mailgw.store.interfaces import NoSuchMessage, StoreError
@@ -88,10 +91,14 @@ def _refused(command: c.Sort | c.Thread) -> Reply | None:
 
 
 async def _answer(session, command: c.Sort | c.Thread, work) -> Reply:
+    view = session.mailbox.view
+    by_modseq = has_modseq(command.criteria)
+    command = dataclasses.replace(command, criteria=as_uids(command.criteria, view))
     refused = _refused(command)
     if refused is not None:
         return refused
-    view = session.mailbox.view
+    if by_modseq:
+        await session.condstore_action()
     candidates = [Candidate(*row) for row in view.candidates()]
     infos = {candidate.uid: view.info(candidate.uid) for candidate in candidates}
     try:

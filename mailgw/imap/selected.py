@@ -170,7 +170,7 @@ def _uid_runs(pairs) -> list:
     return ranges
 
 
-def _as_uids(node: tuple, view) -> tuple:
+def as_uids(node: tuple, view) -> tuple:
     """The criteria tree with the leaves the evaluator does not see as such replaced by the
     UIDs of the view that match them: ``("MODSEQ", n)`` (RFC 7162 3.1.5: modseq at least n)
     and ``$`` (``("SAVED",)``, ``("UID_SAVED",)``: the saved result, RFC 5182)."""
@@ -180,24 +180,25 @@ def _as_uids(node: tuple, view) -> tuple:
     if kind in ("SAVED", "UID_SAVED"):
         return ("UID", _uid_runs(view.resolve(_SAVED, True)))
     if kind == "AND":
-        return ("AND", [_as_uids(child, view) for child in node[1]])
+        return ("AND", [as_uids(child, view) for child in node[1]])
     if kind == "NOT":
-        return ("NOT", _as_uids(node[1], view))
+        return ("NOT", as_uids(node[1], view))
     if kind == "OR":
-        return ("OR", _as_uids(node[1], view), _as_uids(node[2], view))
+        return ("OR", as_uids(node[1], view), as_uids(node[2], view))
     return node
 
 
-def _has_modseq(node: tuple) -> bool:
+def has_modseq(node: tuple) -> bool:
+    """Does the criteria tree hold a MODSEQ criterion (a CONDSTORE enabling action)?"""
     kind = node[0]
     if kind == "MODSEQ":
         return True
     if kind == "AND":
-        return any(_has_modseq(child) for child in node[1])
+        return any(has_modseq(child) for child in node[1])
     if kind == "NOT":
-        return _has_modseq(node[1])
+        return has_modseq(node[1])
     if kind == "OR":
-        return _has_modseq(node[1]) or _has_modseq(node[2])
+        return has_modseq(node[1]) or has_modseq(node[2])
     return False
 
 
@@ -257,8 +258,8 @@ async def search(session, command: c.Search) -> Reply:
         view.saved = ()
     if command.charset is not None and command.charset.upper() not in CHARSETS:
         return no(b"[BADCHARSET (US-ASCII UTF-8)] Unknown charset")
-    criteria = _as_uids(command.criteria, view)
-    by_modseq = _has_modseq(command.criteria)
+    criteria = as_uids(command.criteria, view)
+    by_modseq = has_modseq(command.criteria)
     kind = unsupported(criteria)
     if kind is not None:
         return bad(b"SEARCH %s is not supported" % kind.encode("ascii", "replace"))
