@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mailgw.store import MaildirStore, StoreBusy, uidlist
+from mailgw.store import folder as folder_module
 from mailgw.store.files import STALE_TMP_SECONDS
 
 USER = "alice@example.test"
@@ -265,3 +266,19 @@ def test_listeners_hear_of_every_change(tmp_path):
     store.remove_listener(USER, "INBOX", recorder)
     folder.append(b"c\r\n")
     assert len(calls) == 5
+
+
+def test_a_file_another_program_adds_in_the_same_clock_tick_as_a_scan_is_found(store, monkeypatch):
+    """A directory's modification time comes from the kernel's coarse clock: a second file
+    dropped in the tick of one a scan already saw leaves it unchanged.  A scan of a directory
+    changed that recently is not trusted: the next look scans again and finds the file."""
+    monkeypatch.setattr(folder_module, "SETTLE_NS", 10 * 10**9)  # a slow machine: no matter
+    folder = store.folder(USER)
+    new = store.user_dir(USER) / "new"
+    (new / "1700000000.M1P1.other").write_bytes(b"Subject: one\r\n\r\n")
+    assert len(folder.messages()) == 1  # scanned at once: within the tick
+    times = [os.stat(store.user_dir(USER) / d).st_mtime_ns for d in ("new", "cur")]
+    (new / "1700000001.M2P1.other").write_bytes(b"Subject: two\r\n\r\n")
+    for directory, mtime in zip(("new", "cur"), times, strict=True):  # as if in the same tick
+        os.utime(store.user_dir(USER) / directory, ns=(mtime, mtime))
+    assert len(folder.messages()) == 2

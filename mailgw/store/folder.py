@@ -2,7 +2,10 @@
 
 The folder keeps a snapshot of its messages in memory and rescans its ``new/`` and ``cur/``
 directories only when their modification times (in nanoseconds) differ from those it recorded
-after its own last change, so reading an unchanged folder costs two ``stat`` calls.  All methods
+after its own last change, so reading an unchanged folder costs two ``stat`` calls.  A scan's
+times are kept only once they are ``SETTLE_NS`` old: a directory's time is the kernel's coarse
+clock, so another program's change in the same tick as one the scan already saw would leave it
+unchanged (the next look scans once more instead).  All methods
 are thread-safe (one re-entrant lock per folder); cross-process writers are serialised by the
 index's dot lock.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -60,6 +64,8 @@ from mailgw.store.uidlist import UidList
 
 #: The marker file of a Maildir++ subfolder.
 MAILDIRFOLDER = "maildirfolder"
+#: Nanoseconds after which a directory's modification time is trusted to tell every change.
+SETTLE_NS = 50_000_000
 
 
 @implementer(IFolder)
@@ -578,6 +584,7 @@ class MaildirFolder:
         differs from what the modseq index says gets a new modseq (see ``_settle``)."""
         self._check()
         stamps = self._dir_stamps()
+        settled = time.time_ns() - max(stamps) > SETTLE_NS
         self._keywords.reload()
         self._index.refresh()
         log = self._seq.log
@@ -671,7 +678,7 @@ class MaildirFolder:
         changed = [m for m, prev in candidates if m.flags != prev.flags or m.modseq != prev.modseq]
         self._messages = fresh
         self._listing = None
-        self._stamps = stamps
+        self._stamps = stamps if settled else None
         if notify:
             if expunged:
                 self._notify_expunged(expunged)
