@@ -10,11 +10,14 @@ exist is ``NO [NONEXISTENT]`` (``[TRYCREATE]`` for APPEND), a store failure ``[S
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.python.failure import Failure
 
 from mailgw.imap.account import SPECIAL_USE
 from mailgw.imap.listing import DELIMITER, Listed, Query, list_mailboxes, lsub_mailboxes
 from mailgw.imap.reply import Reply, bad, failed, no, ok
+from mailgw.imap.structure import binary_as_base64
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import mutf7
 from mailgw.imap.wire import responses as r
@@ -156,11 +159,16 @@ async def status(session, command: c.Status) -> Reply:
 
 async def append(session, command: c.Append) -> Reply:
     """APPEND one or more messages (MULTIAPPEND) to a folder, answering APPENDUID; the selected
-    mailbox reports EXISTS through its view."""
+    mailbox reports EXISTS through its view.  A message given as literal8 (RFC 3516) is stored
+    with its binary parts in base64 (``structure.binary_as_base64``)."""
     if not command.messages:
         return bad(b"APPEND needs a message")
+    messages = [
+        replace(message, data=binary_as_base64(message.data)) if message.binary else message
+        for message in command.messages
+    ]
     try:
-        validity, uids = await session.account.append(command.mailbox, command.messages)
+        validity, uids = await session.account.append(command.mailbox, messages)
     except Exception:
         return failed(Failure(), b"APPEND", missing=b"[TRYCREATE]")
     return ok(b"[APPENDUID %d %s] APPEND completed" % (validity, r.sequence_set(uids)))

@@ -36,12 +36,13 @@ from mailgw.imap.mime.headers import (
     select_fields,
     split_fields,
 )
-from mailgw.imap.mime.transfer import UnknownTransferEncoding, decode
+from mailgw.imap.mime.transfer import UnknownTransferEncoding, decode, encode_base64
 from mailgw.imap.wire.commands import Section
 from mailgw.imap.wire.responses import Atom
 
 __all__ = [
     "ParsedMessage",
+    "binary_as_base64",
     "UnknownTransferEncoding",
     "envelope_of_header",
     "header_block",
@@ -404,9 +405,7 @@ class ParsedMessage:
             return self.data[node.start : node.body_start] + body
         if encoding.lower() in (b"7bit", b"8bit", b"binary"):
             return self.data[node.start : node.body_start] + body
-        kept = [raw for name, raw in node.fields if name != b"content-transfer-encoding"]
-        blank = self.data[node.fields_end : node.body_start]
-        return b"".join(kept) + b"Content-Transfer-Encoding: binary\r\n" + blank + body
+        return _relabelled(node, b"binary") + body
 
     def binary_size(self, part: tuple[int, ...]) -> int:
         """The octet count of ``binary(part)``.  Raises UnknownTransferEncoding."""
@@ -414,6 +413,44 @@ class ParsedMessage:
 
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def _relabelled(node: Part, encoding: bytes) -> bytes:
+    """The part's header, with its Content-Transfer-Encoding fields replaced by one saying
+    ``encoding`` (placed last), and the empty line after it."""
+    kept = [raw for name, raw in node.fields if name != b"content-transfer-encoding"]
+    blank = node.data[node.fields_end : node.body_start]
+    return b"".join(kept) + b"Content-Transfer-Encoding: " + encoding + b"\r\n" + blank
+
+
+def binary_as_base64(data: bytes) -> bytes:
+    """A message given as literal8 (APPEND ``~{n}``, RFC 3516) as it is stored: each part
+    labelled ``Content-Transfer-Encoding: binary`` that holds no other part has its body
+    base64-encoded and is labelled so (as Dovecot stores it), the rest of the octets as
+    given.  Its octets (NULs, bare CR or LF) then survive the store's CRLF line endings and
+    never reach BODY[]; BINARY[] gives them back exactly."""
+    if b"binary" not in data.lower():
+        return data
+    pieces = []
+    pos = 0
+    for part in _leaves(_Parser(data).entity(0, [], 0)[0]):
+        encoding = part.encoding()
+        if encoding is None or encoding.lower() != b"binary":
+            continue
+        pieces += [data[pos : part.start], _relabelled(part, b"base64"), encode_base64(part.body)]
+        pos = part.end
+    return b"".join(pieces) + data[pos:] if pieces else data
+
+
+def _leaves(part: Part):
+    """The parts below ``part`` (itself included) that hold no other part, in order."""
+    if part.children is not None:
+        for child in part.children:
+            yield from _leaves(child)
+    elif part.message is not None:
+        yield from _leaves(part.message)
+    else:
+        yield part
 
 
 def parse_message(data: bytes) -> ParsedMessage:

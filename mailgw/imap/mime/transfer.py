@@ -1,4 +1,5 @@
-"""Undoing a Content-Transfer-Encoding (RFC 2045 section 6) for BINARY (RFC 3516)."""
+"""Undoing a Content-Transfer-Encoding (RFC 2045 section 6) for BINARY (RFC 3516), and base64
+for storing binary content APPENDed as literal8."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ class UnknownTransferEncoding(ValueError):
     """The part's Content-Transfer-Encoding is none this server can undo (``NO [UNKNOWN-CTE]``)."""
 
 
+#: Octets of content per base64 line: 76 characters, the most RFC 2045 6.8 allows.
+_BASE64_LINE = 57
 _IDENTITY = frozenset({b"", b"7bit", b"8bit", b"binary"})
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 _QP_SOFT_BREAK = re.compile(rb"=[ \t]*\r?\n")
@@ -31,6 +34,14 @@ def decode(encoding: bytes, body: bytes) -> bytes:
     if name == b"quoted-printable":
         return _quoted_printable(body)
     raise UnknownTransferEncoding(encoding.decode("ascii", "replace"))
+
+
+def encode_base64(body: bytes) -> bytes:
+    """``body`` in base64, in lines of 76 characters that end in CRLF."""
+    return b"".join(
+        binascii.b2a_base64(body[pos : pos + _BASE64_LINE], newline=False) + b"\r\n"
+        for pos in range(0, len(body), _BASE64_LINE)
+    )
 
 
 def _base64(body: bytes) -> bytes:

@@ -235,11 +235,14 @@ class Status(Command):
 
 @dataclass(frozen=True)
 class AppendMessage:
-    """One message of an APPEND: its flags, INTERNALDATE (POSIX timestamp) and octets."""
+    """One message of an APPEND: its flags, INTERNALDATE (POSIX timestamp) and octets;
+    ``binary`` when they came as literal8 (``~{n}``, RFC 3516): how they were framed, not
+    compared with ``==``."""
 
     flags: tuple[str, ...] = ()
     internal_date: float | None = None
     data: bytes = b""
+    binary: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from mailgw.imap.wire.search import read_criteria
 
 __all__ = ["ParseError", "parse_command"]
 
-_LPAREN, _RPAREN, _QUOTE, _LBRACKET, _RBRACKET, _LT, _GT, _DOT = b'()"[]<>.'
+_LPAREN, _RPAREN, _QUOTE, _LBRACKET, _RBRACKET, _LT, _GT, _DOT, _TILDE = b'()"[]<>.~'
 _DIGITS = frozenset(b"0123456789")
 
 
@@ -282,8 +282,9 @@ def _append(reader: Reader, tag: bytes) -> c.Append:
         if reader.peek() == _QUOTE:
             date = reader.date_time("bad APPEND date-time")
             reader.sp("APPEND needs a message literal")
+        binary = reader.peek() == _TILDE
         data = reader.literal("APPEND needs a message literal", binary=True)
-        messages.append(c.AppendMessage(flags=flags, internal_date=date, data=data))
+        messages.append(c.AppendMessage(flags=flags, internal_date=date, data=data, binary=binary))
         if not reader.maybe_sp():
             return c.Append(tag, mailbox=mailbox, messages=tuple(messages))
 
