@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from test_imap import ALICE, PASSWORD, message, read_until
+from test_imap_list import user_dir
 
 from mailgw.imap import make_factory
 from mailgw.imap import session as imap_session
@@ -144,6 +145,8 @@ class Example:
     unordered: bool = False
     #: Is IMAP4rev2 enabled before the transcript starts (it is unless the example does it)?
     rev2: bool = True
+    #: Does the transcript start logged in (and so with IMAP4rev2 enabled)?
+    login: bool = True
 
 
 def commands(transcript: str) -> list[tuple[list[bytes], list[bytes]]]:
@@ -151,6 +154,8 @@ def commands(transcript: str) -> list[tuple[list[bytes], list[bytes]]]:
     starts with neither "C: " nor "S: " continues the one before (an editorial break)."""
     lines: list[str] = []
     for raw in transcript.strip().splitlines():
+        if not raw.strip():
+            continue
         if raw.strip()[:3] in ("C: ", "S: "):
             lines.append(raw.strip())
         else:  # the RFC's editorial line break
@@ -299,6 +304,96 @@ def saved_or(server, client) -> dict:
     store_all(server.store.folder(ALICE), letters)
     return {}
 
+
+def music(server, client) -> dict:
+    """Example 10's hierarchy: ``music.rock``, and no ``music``."""
+    client.only_inbox()
+    client.ok(b"c CREATE music.rock")
+    client.ok(b"d DELETE music")
+    return {}
+
+
+def foo_and_bar(server, client) -> dict:
+    """Example 11's mailboxes: INBOX (17, 1 \\Seen) and foo (30, 1 \\Seen), subscribed INBOX
+    and foo.sub, and bar.baz without bar (made as another program would)."""
+    client.only_inbox()
+    client.ok(b"c CREATE foo")
+    client.ok(b"s SUBSCRIBE INBOX")
+    client.ok(b"s SUBSCRIBE foo.sub")
+    fill(server.store.folder(ALICE), 17, lambda n: {"\\Seen"} if n == 1 else set())
+    fill(server.store.folder(ALICE, "foo"), 30, lambda n: {"\\Seen"} if n == 1 else set())
+    for sub in ("cur", "new", "tmp"):
+        (user_dir(server) / ".bar.baz" / sub).mkdir(parents=True)
+    return {}
+
+
+@selected
+def move_box(server, client) -> dict:
+    """89 messages with UIDs 1 to 20 expunged, so UID 42 is message 22; a folder foo."""
+    inbox = server.store.folder(ALICE)
+    fill(inbox, 89)
+    inbox.expunge(list(range(1, 21)))
+    client.ok(b"c CREATE foo")
+    foo = server.store.folder(ALICE, "foo")
+    return {"432432": str(foo.uid_validity), "1202:1229": f"{foo.uid_next}:{foo.uid_next + 27}"}
+
+
+@selected
+def uid_expunge_box(server, client) -> dict:
+    """Five messages, 1 and 3 to 5 \\Deleted."""
+    uids = fill(server.store.folder(ALICE), 5, lambda n: {"\\Deleted"} if n != 2 else set())
+    return {"3000:3002": f"{uids[2]}:{uids[4]}"}
+
+
+def flagged_at(count: int, flagged) -> Callable:
+    """``count`` messages, those of ``flagged`` \\Flagged; INBOX selected."""
+
+    @selected
+    def setup(server, client) -> dict:
+        fill(server.store.folder(ALICE), count, lambda n: {"\\Flagged"} if n in flagged else set())
+        return {}
+
+    return setup
+
+
+@selected
+def fetch_box(server, client) -> dict:
+    """23 messages, 23 \\Seen."""
+    inbox = server.store.folder(ALICE)
+    uids = fill(inbox, 23, lambda n: {"\\Seen"} if n == 23 else set())
+    size = inbox.get(uids[-1]).size
+    return {"RFC822.SIZE 44827 UID 447": f"RFC822.SIZE {size} UID {uids[-1]}"}
+
+
+@selected
+def from_maria(server, client) -> dict:
+    """42 messages, 1 to 3, 5, 8, 13, 21 and 42 from maria@example.com."""
+    maria = (1, 2, 3, 5, 8, 13, 21, 42)
+    letters = [
+        (letter(n, "maria@example.com" if n in maria else "bob@elsewhere.test"), set())
+        for n in range(1, 43)
+    ]
+    store_all(server.store.folder(ALICE), letters)
+    return {}
+
+
+def folders(*names: str) -> Callable:
+    """A setup: the folders ``names`` created."""
+
+    def setup(server, client) -> dict:
+        for name in names:
+            client.ok(b"c CREATE " + name.encode())
+        return {}
+
+    return setup
+
+
+#: Why mailgw's EXPUNGE responses come in another order than the RFC's.
+_DOWNWARDS = (
+    "mailgw tells expunged messages from the highest number down, so each number stays that of "
+    "the same message until its EXPUNGE (7.5.1 shows both orders: 3 3 5 8 or 9 8 7 6 5)"
+)
+# The 432432 and 1202:1229 of the MOVE example are mailgw's choices, as in ``move_box``.
 
 #: The permanent flags of the RFC's server -> mailgw's (every system flag and keywords).
 _PERMANENT = {
@@ -506,6 +601,179 @@ EXAMPLES = {
         """,
         saved_or,
     ),
+    "6.3.9.8-example-10-missing-hierarchy": Example(
+        """
+        C: a1 LIST (REMOTE) "" *
+        S: * LIST () "/" music/rock
+        S: * LIST (\\Remote) "/" also/jazz
+        S: a1 OK done
+        C: a2 LIST () "" %
+        S: * LIST (\\NonExistent \\HasChildren) "/" music
+        S: a2 OK done
+        C: a3 LIST (REMOTE) "" %
+        S: * LIST (\\NonExistent \\HasChildren) "/" music
+        S: * LIST (\\NonExistent \\HasChildren) "/" also
+        S: a3 OK done
+        C: a3.1 LIST "" (% music/rock)
+        S: * LIST () "/" music/rock
+        S: a3.1 OK done
+        """,
+        music,
+        choices={'"/" music/rock': '"." "music.rock"', "music/rock": "music.rock"}
+        | {'"/" music': '"." "music"'},
+        differs={
+            '* LIST () "." "music.rock"': '* LIST () "." "INBOX"\n'
+            '* LIST (\\NonExistent \\HasChildren) "." "music"\n* LIST () "." "music.rock"',
+            '* LIST (\\NonExistent \\HasChildren) "." "music"': '* LIST () "." "INBOX"\n'
+            '* LIST (\\NonExistent \\HasChildren) "." "music"',
+            '* LIST (\\Remote) "/" also/jazz': "",
+            '* LIST (\\NonExistent \\HasChildren) "/" also': "",
+        },
+        reason="mailgw has INBOX in every hierarchy and no remote mailboxes (also/jazz); it "
+        "lists every level above a mailbox, so * and (% music.rock) give music too (the RFC: "
+        '"clients must handle both cases")',
+    ),
+    "6.3.9.8-example-11-list-status": Example(
+        """
+        C: A01 LIST "" % RETURN (STATUS (MESSAGES UNSEEN))
+        S: * LIST () "."  "INBOX"
+        S: * STATUS "INBOX" (MESSAGES 17 UNSEEN 16)
+        S: * LIST () "." "foo"
+        S: * STATUS "foo" (MESSAGES 30 UNSEEN 29)
+        S: * LIST (\\NoSelect) "." "bar"
+        S: A01 OK List completed.
+        C: A02 LIST (SUBSCRIBED RECURSIVEMATCH) "" % RETURN (STATUS
+             (MESSAGES))
+        S: * LIST (\\Subscribed) "."  "INBOX"
+        S: * STATUS "INBOX" (MESSAGES 17)
+        S: * LIST () "." "foo" (CHILDINFO ("SUBSCRIBED"))
+        S: A02 OK List completed.
+        """,
+        foo_and_bar,
+        choices={"(CHILDINFO (": '("CHILDINFO" ('},
+        differs={
+            '* LIST () "."  "INBOX"': '* LIST () "." "INBOX"',
+            '* LIST (\\Subscribed) "."  "INBOX"': '* LIST (\\Subscribed) "." "INBOX"',
+            '* LIST () "." "foo"': '* LIST (\\NonExistent \\HasChildren) "." "bar"\n'
+            '* LIST () "." "foo"',
+            '* LIST (\\NoSelect) "." "bar"': "",
+        },
+        reason='the RFC\'s two spaces after "." are a typo (one SP in the grammar); mailgw lists '
+        "names in order (bar before foo); bar is no mailbox at all here (only bar.baz is), "
+        "which IMAP4rev2 tells as \\NonExistent \\HasChildren (example 10)",
+    ),
+    "6.4.8-uid-move": Example(
+        """
+        C: a UID MOVE 42:69 foo
+        S: * OK [COPYUID 432432 42:69 1202:1229]
+        """
+        + "S: * 22 EXPUNGE\n" * 28
+        + """
+        S: a OK Done
+        """,
+        move_box,
+        differs={
+            "* OK [COPYUID 432432 42:69 1202:1229]": "* OK [COPYUID 432432 42:69 1202:1229]\n"
+            + "\n".join(f"* {n} EXPUNGE" for n in range(49, 21, -1)),
+            "* 22 EXPUNGE": "",
+        },
+        reason=_DOWNWARDS,
+    ),
+    "6.4.9-uid-expunge": Example(
+        """
+        C: A003 UID EXPUNGE 3000:3002
+        S: * 3 EXPUNGE
+        S: * 3 EXPUNGE
+        S: * 3 EXPUNGE
+        S: A003 OK UID EXPUNGE completed
+        """,
+        uid_expunge_box,
+        differs={
+            "* 3 EXPUNGE": "",
+            "A003 OK UID EXPUNGE completed": "* 5 EXPUNGE\n* 4 EXPUNGE\n* 3 EXPUNGE\nA003 OK",
+        },
+        reason=_DOWNWARDS,
+    ),
+    "7.3.4-esearch-tag-uid": Example(
+        """
+        C: a567 UID SEARCH RETURN (COUNT ALL) FLAGGED
+        S: * ESEARCH (TAG "a567") UID COUNT 17 ALL 4:18,21,28
+        S: a567 OK
+        """,
+        flagged_at(28, {*range(4, 19), 21, 28}),
+    ),
+    "7.3.4-esearch-uid-no-tag": Example(
+        """
+        C: x UID SEARCH RETURN (COUNT ALL) FLAGGED
+        S: * ESEARCH UID COUNT 17 ALL 4:18,21,28
+        S: x OK
+        """,
+        flagged_at(28, {*range(4, 19), 21, 28}),
+        differs={
+            "* ESEARCH UID COUNT 17 ALL 4:18,21,28": (
+                '* ESEARCH (TAG "x") UID COUNT 17 ALL 4:18,21,28'
+            )
+        },
+        reason="an ESEARCH without the correlator is one no command caused (7.3.4); mailgw's "
+        "ESEARCH always answers a command, so it carries the command's tag",
+    ),
+    "7.3.4-esearch-no-tag": Example(
+        """
+        C: x SEARCH RETURN (COUNT ALL) FLAGGED
+        S: * ESEARCH COUNT 18 ALL 1:17,21
+        S: x OK
+        """,
+        flagged_at(21, {*range(1, 18), 21}),
+        differs={"* ESEARCH COUNT 18 ALL 1:17,21": '* ESEARCH (TAG "x") COUNT 18 ALL 1:17,21'},
+        reason="as for the example before: mailgw's ESEARCH always carries its command's tag",
+    ),
+    "7.5.2-fetch-with-uid": Example(
+        """
+        C: f FETCH 23 (FLAGS RFC822.SIZE UID)
+        S: * 23 FETCH (FLAGS (\\Seen) RFC822.SIZE 44827 UID 447)
+        S: f OK
+        """,
+        fetch_box,
+    ),
+    "7.1-alreadyexists": Example(
+        """
+        C: o356 RENAME this that
+        S: o356 NO [ALREADYEXISTS] Mailbox "that" already exists
+        """,
+        folders("this", "that"),
+    ),
+    "7.1-nonexistent": Example(
+        """
+        C: p RENAME this that
+        S: p NO [NONEXISTENT] No such mailbox
+        """
+    ),
+    "7.1-authenticationfailed": Example(
+        """
+        C: b LOGIN "fred" "foo"
+        S: b NO [AUTHENTICATIONFAILED] Authentication failed
+        """,
+        login=False,
+    ),
+    "7.1-authorizationfailed": Example(
+        """
+        C: c1 AUTHENTICATE PLAIN YWRtaW4AYWxpY2VAZXhhbXBsZS50ZXN0AHNlY3JldA==
+        S: c1 NO [AUTHORIZATIONFAILED] No such authorization-ID
+        """,
+        login=False,
+        reason='the RFC elides the client\'s response ("..."); here it is the initial response '
+        "(SASL-IR) of authorization identity admin, Alice's name and password",
+    ),
+    "7.1-expungeissued": Example(
+        """
+        C: h search from maria@example.com
+        S: * ESEARCH (TAG "h") ALL 1:3,5,8,13,21,42
+        S: h OK [EXPUNGEISSUED] Search completed
+        """,
+        from_maria,
+        differs={"h OK [EXPUNGEISSUED] Search completed": "h OK Search completed"},
+        reason="EXPUNGEISSUED tells that another session expunged meanwhile; none did here",
+    ),
 }
 
 
@@ -513,6 +781,6 @@ EXAMPLES = {
 def test_rfc9051_example(connect, server, name):
     """The example replayed after ENABLE IMAP4rev2 (module docstring: what is normalised)."""
     example = EXAMPLES[name]
-    client = connect(rev2=example.rev2)
+    client = connect(login=example.login, rev2=example.rev2 and example.login)
     choices = example.setup(server, client)
     replay(client, example, choices)
