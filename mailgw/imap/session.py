@@ -230,7 +230,7 @@ class IMAPSession(Protocol, TimeoutMixin):
             caps += [b"AUTH=PLAIN", b"SASL-IR"]
         caps += [b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"UIDPLUS", b"MOVE", b"UNSELECT"]
         caps += [b"MULTIAPPEND", b"SPECIAL-USE", b"COMPRESS=DEFLATE"]
-        caps += [b"ENABLE", b"CONDSTORE", b"QRESYNC"]
+        caps += [b"ENABLE", b"CONDSTORE", b"QRESYNC", b"BINARY"]
         caps += ordering_commands.CAPABILITIES
         caps += folders.CAPABILITIES
         caps += selected.CAPABILITIES
