@@ -56,11 +56,11 @@ async def select(session, command: c.Select) -> Reply:
         lines.append(await _list_lines(session, command.mailbox))
     else:
         lines.append(r.untagged(view.recent_count, r.Atom(b"RECENT")))
-    lines.append(flags_lines(mailbox))
     if view.first_unseen is not None and not session.rev2:
         lines.append(r.status_line(None, b"OK", b"[UNSEEN %d] First unseen" % view.first_unseen))
     lines.append(r.status_line(None, b"OK", b"[UIDVALIDITY %d] UIDs valid" % validity))
     lines.append(r.status_line(None, b"OK", b"[UIDNEXT %d] Predicted next UID" % mailbox.uid_next))
+    lines.append(flags_lines(mailbox))  # after UIDNEXT, as in RFC 3501 6.3.1's and 9051's example
     lines.append(r.status_line(None, b"OK", b"[HIGHESTMODSEQ %d] Highest" % highest))
     if resync is not None:
         lines += resynchronised(session, resync, vanished)
