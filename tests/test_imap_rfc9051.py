@@ -781,6 +781,189 @@ EXAMPLES = {
 def test_rfc9051_example(connect, server, name):
     """The example replayed after ENABLE IMAP4rev2 (module docstring: what is normalised)."""
     example = EXAMPLES[name]
+    assert example.reason or not example.differs, "a difference needs its reason"
     client = connect(login=example.login, rev2=example.rev2 and example.login)
     choices = example.setup(server, client)
     replay(client, example, choices)
+
+
+class Lines:
+    """The lines a socket receives, one at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buffer = sock, b""
+
+    def next(self) -> bytes:
+        """The next line, without its CRLF."""
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed"
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def take(self, count: int) -> list[bytes]:
+        """The next ``count`` lines, normalised."""
+        return [normalised(self.next()) for _ in range(count)]
+
+
+def test_rfc9051_example_6_3_13_idle(connect, server):
+    """6.3.13's IDLE example: new mail and another client's expunges told while idling, none
+    during FETCH.  The other client expunges by MOVE (so no flag change is told first) and
+    delivers by APPEND.  mailgw answers IDLE's continuation first and then what is pending
+    (the RFC shows A004's EXPUNGE and EXISTS before "+ idling"; RFC 2177 allows either)."""
+    inbox = server.store.folder(ALICE)
+    fill(inbox, 3)
+    client, other = connect(), connect(rev2=False)
+    other.ok(b"o SELECT INBOX")
+    lines = Lines(client.sock)
+    client.sock.sendall(b"A001 SELECT INBOX\r\n")
+    answer = [lines.next() for _ in range(7)]
+    rfc = [  # the RFC's, with mailgw's choices of flags, UIDVALIDITY and UIDNEXT put in
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)]",
+        b"* 3 EXISTS",
+        b"* OK [UIDVALIDITY %d]" % inbox.uid_validity,
+        b"* OK [UIDNEXT 4]",
+        b'* LIST () "." "INBOX"',
+        b"* OK [HIGHESTMODSEQ %d]" % inbox.highest_modseq,  # mailgw announces CONDSTORE
+    ]
+    assert sorted(map(normalised, answer)) == sorted(rfc)
+    assert lines.take(1) == [b"A001 OK [READ-WRITE]"]
+    client.sock.sendall(b"A002 IDLE\r\n")
+    assert lines.take(1) == [b"+"]
+    other.ok(b"o APPEND INBOX {%d+}\r\n" % len(message("new")) + message("new"))
+    assert lines.take(1) == [b"* 4 EXISTS"]
+    client.sock.sendall(b"DONE\r\n")
+    assert lines.take(1) == [b"A002 OK"]
+    other.ok(b"o MOVE 2 Trash")
+    client.sock.sendall(b"A003 FETCH 4 ALL\r\n")
+    fetched = lines.next()
+    assert fetched.startswith(b"* 4 FETCH (FLAGS () INTERNALDATE "), fetched  # no \\Recent
+    assert lines.take(1) == [b"A003 OK"]
+    client.sock.sendall(b"A004 IDLE\r\n")
+    assert lines.take(3) == [b"+", b"* 2 EXPUNGE", b"* 3 EXISTS"]
+    other.ok(b"o MOVE 3 Trash")
+    assert lines.take(2) == [b"* 3 EXPUNGE", b"* 2 EXISTS"]
+    other.ok(b"o APPEND INBOX {%d+}\r\n" % len(message("newer")) + message("newer"))
+    assert lines.take(1) == [b"* 3 EXISTS"]
+    client.sock.sendall(b"DONE\r\n")
+    assert lines.take(1) == [b"A004 OK"]
+    client.sock.sendall(b"A005 FETCH 3 ALL\r\n")
+    assert lines.next().startswith(b"* 3 FETCH (FLAGS () INTERNALDATE ")
+    assert lines.take(1) == [b"A005 OK"]
+
+
+def deliver(server, count: int) -> None:
+    """``count`` new messages in INBOX, \\Recent for the first session to see them."""
+    inbox = server.store.folder(ALICE)
+    for n in range(count):
+        inbox.append(message(f"new{n}"))
+
+
+def test_rev1_session_keeps_recent_and_search_responses(connect, server):
+    """A session that does not ENABLE IMAP4rev2 sees IMAP4rev1 as before, though CAPABILITY
+    lists both: RECENT and [UNSEEN n] in SELECT, \\Recent in FLAGS, * SEARCH, no LIST line."""
+    deliver(server, 2)
+    client = connect(rev2=False)
+    caps = client.send(b"c CAPABILITY")[0].split()
+    assert caps[2:4] == [b"IMAP4rev1", b"IMAP4rev2"]
+    selected = client.ok(b"s SELECT INBOX")
+    assert b"* 2 RECENT" in selected and b"* OK [UNSEEN 1] First unseen" in selected
+    assert not [line for line in selected if line.startswith(b"* LIST")]
+    assert client.send(b"f FETCH 1 (FLAGS)")[0] == b"* 1 FETCH (FLAGS (\\Recent))"
+    assert client.send(b"x SEARCH RECENT") == [b"* SEARCH 1 2", b"x OK SEARCH completed"]
+    deliver(server, 1)
+    assert client.send(b"n NOOP")[:2] == [b"* 3 EXISTS", b"* 3 RECENT"]
+
+
+def test_rev2_session_shows_no_recent(connect, server):
+    """After ENABLE IMAP4rev2: no RECENT response and no \\Recent flag, in SELECT, FETCH and
+    for new mail; the messages it saw first are not \\Recent for a later session either."""
+    deliver(server, 2)
+    client = connect()
+    selected = client.ok(b"s SELECT INBOX")
+    assert not [line for line in selected if b"RECENT" in line or b"[UNSEEN " in line]
+    assert client.send(b"f FETCH 1:* (FLAGS)")[:2] == [
+        b"* 1 FETCH (FLAGS ())",
+        b"* 2 FETCH (FLAGS ())",
+    ]
+    assert client.send(b"x SEARCH RECENT") == [b'* ESEARCH (TAG "x")', b"x OK SEARCH completed"]
+    deliver(server, 1)
+    assert client.send(b"n NOOP") == [b"* 3 EXISTS", b"n OK NOOP completed"]
+    assert client.send(b"f FETCH 3 (FLAGS)")[0] == b"* 3 FETCH (FLAGS ())"
+    later = connect(rev2=False)
+    assert b"* 0 RECENT" in later.ok(b"s EXAMINE INBOX")
+
+
+def test_rev2_search_answers_esearch_even_when_empty(connect, server):
+    """RFC 9051 6.4.4: SEARCH and UID SEARCH answer ESEARCH (with the UID indicator), also
+    when nothing matches; a rev1 session still gets * SEARCH."""
+    fill(server.store.folder(ALICE), 3, lambda n: {"\\Seen"} if n == 2 else set())
+    client, old = connect(), connect(rev2=False)
+    client.ok(b"s SELECT INBOX")
+    old.ok(b"s SELECT INBOX")
+    assert client.send(b"a UID SEARCH UNSEEN")[0] == b'* ESEARCH (TAG "a") UID ALL 1,3'
+    assert client.send(b"b SEARCH KEYWORD nothing")[0] == b'* ESEARCH (TAG "b")'
+    assert old.send(b"a UID SEARCH UNSEEN")[0] == b"* SEARCH 1 3"
+    assert old.send(b"b SEARCH KEYWORD nothing")[0] == b"* SEARCH"
+
+
+def test_rev2_unsolicited_fetch_carries_uid(connect, server):
+    """RFC 9051 7.5.2: a flag change made elsewhere reaches a rev2 session with UID; a rev1
+    session gets FLAGS alone, as before."""
+    fill(server.store.folder(ALICE), 3)
+    rev2, rev1, other = connect(), connect(rev2=False), connect(rev2=False)
+    for client in (rev2, rev1, other):
+        client.ok(b"s SELECT INBOX")
+    other.ok(b"t STORE 2 +FLAGS.SILENT (\\Seen)")
+    assert rev2.send(b"n NOOP")[0] == b"* 2 FETCH (FLAGS (\\Seen) UID 2)"
+    assert rev1.send(b"n NOOP")[0] == b"* 2 FETCH (FLAGS (\\Seen))"
+
+
+def test_rev2_status_deleted_size_and_lsub(connect, server):
+    """STATUS with DELETED and SIZE (RFC 9051 6.3.11), and the deprecated LSUB still answered."""
+    uids = fill(server.store.folder(ALICE), 3, lambda n: {"\\Deleted"} if n != 1 else set())
+    inbox = server.store.folder(ALICE)
+    size = sum(inbox.get(uid).size for uid in uids)
+    client = connect()
+    assert client.send(b"s STATUS INBOX (MESSAGES DELETED SIZE)")[0] == (
+        b'* STATUS "INBOX" (MESSAGES 3 DELETED 2 SIZE %d)' % size
+    )
+    assert client.send(b'l LSUB "" INBOX') == [b'* LSUB () "." "INBOX"', b"l OK LSUB completed"]
+
+
+def test_enable_imap4rev2_in_the_selected_state_is_bad(connect, server):
+    """ENABLE is valid only in the authenticated state: with a mailbox selected it is BAD and
+    the session stays IMAP4rev1; before login too."""
+    fill(server.store.folder(ALICE), 1)
+    client = connect(rev2=False)
+    client.ok(b"s SELECT INBOX")
+    assert client.send(b"e ENABLE IMAP4rev2")[-1].startswith(b"e BAD ")
+    assert client.send(b"x SEARCH ALL")[0] == b"* SEARCH 1"
+    before = connect(login=False, rev2=False)
+    assert before.send(b"e ENABLE IMAP4rev2")[-1].startswith(b"e BAD ")
+    assert client.send(b"e ENABLE")[-1].startswith(b"e BAD ")
+
+
+def test_enable_names_imap4rev2_in_any_case_once(connect):
+    """Capability names are case-insensitive; * ENABLED spells IMAP4rev2 as CAPABILITY does,
+    lists it once, and not again."""
+    client = connect(rev2=False)
+    assert client.send(b"e ENABLE imap4REV2 IMAP4rev2") == [
+        b"* ENABLED IMAP4rev2",
+        b"e OK ENABLE completed",
+    ]
+    assert client.send(b"f ENABLE IMAP4rev2")[0] == b"* ENABLED"
+
+
+def test_imap4rev2_off_is_neither_announced_nor_enabled(connect, server, monkeypatch):
+    """With ``IMAP4REV2`` off, CAPABILITY has no IMAP4rev2 and ENABLE IMAP4rev2 is ignored
+    (RFC 5161: what the server does not offer is not enabled); the session stays rev1."""
+    monkeypatch.setattr(imap_session, "IMAP4REV2", False)
+    fill(server.store.folder(ALICE), 1)
+    client = connect(rev2=False)
+    assert b"IMAP4rev2" not in client.send(b"c CAPABILITY")[0]
+    assert client.send(b"e ENABLE IMAP4rev2")[0] == b"* ENABLED"
+    client.ok(b"s SELECT INBOX")
+    assert client.send(b"x SEARCH ALL")[0] == b"* SEARCH 1"
