@@ -139,12 +139,16 @@ def folder(server, name: str):
     return server.store.folder(ALICE, name)
 
 
-def leave_only(server, *names: str) -> None:
-    """Alice's folders are INBOX and ``names`` (the defaults every user gets removed)."""
+def leave_only(server, *names: str, noselect=()) -> None:
+    """Alice's folders are INBOX and ``names`` (the defaults every user gets removed); the
+    names in ``noselect`` are no folders, only parents of others (\\Noselect): creating a
+    folder creates its parents, as RFC 3501 6.3.3 says a server SHOULD, so they are deleted."""
     for name in DEFAULTS:
         server.store.delete_folder(ALICE, name)
     for name in names:
         server.store.create_folder(ALICE, name)
+    for name in noselect:
+        server.store.delete_folder(ALICE, name)
 
 
 def capabilities(answer: bytes) -> set[bytes]:
@@ -317,3 +321,331 @@ def test_6_3_3_create(server, imap):
         b'* LIST () "." "owatagusiam.blurdybloop"',
         b"l OK LIST completed",
     )
+
+
+def test_6_3_4_delete_first_example(server, imap):
+    """6.3.4, first example: blurdybloop, foo (\\Noselect) and foo.bar.  mailgw keeps no
+    \\Noselect name of its own: a name that is only the parent of a folder is listed
+    \\Noselect while the folder exists, and is gone with it.  So DELETE foo is NO while
+    foo.bar exists (as in the RFC, but because there is no such folder), and once foo.bar is
+    deleted, foo is no longer listed and DELETE foo is NO, where the RFC's server, which kept
+    foo as a \\Noselect name, answers OK."""
+    leave_only(server, "blurdybloop", "foo.bar", noselect=["foo"])
+    assert imap.run(b'A682 LIST "" *') == lines(
+        b'* LIST () "." "INBOX"',
+        b'* LIST () "." "blurdybloop"',
+        b'* LIST (\\Noselect) "." "foo"',
+        b'* LIST () "." "foo.bar"',
+        b"A682 OK LIST completed",
+    )
+    assert imap.run(b"A683 DELETE blurdybloop") == lines(b"A683 OK DELETE completed")
+    assert imap.run(b"A684 DELETE foo") == lines(b"A684 NO [NONEXISTENT] <text>")
+    assert imap.run(b"A685 DELETE foo.bar") == lines(b"A685 OK DELETE Completed")
+    assert imap.run(b'A686 LIST "" *') == lines(b'* LIST () "." "INBOX"', b"A686 OK LIST completed")
+    assert imap.run(b"A687 DELETE foo") == lines(b"A687 NO [NONEXISTENT] <text>")
+
+
+def test_6_3_4_delete_second_example(server, imap):
+    """6.3.4, second example: deleting foo, which has an inferior and is no \\Noselect name,
+    leaves foo.bar; foo is then listed \\Noselect (by %, as the parent of foo.bar)."""
+    leave_only(server, "blurdybloop", "foo", "foo.bar")
+    assert imap.run(b'A82 LIST "" *') == lines(
+        b'* LIST () "." "INBOX"',
+        b'* LIST () "." "blurdybloop"',
+        b'* LIST () "." "foo"',
+        b'* LIST () "." "foo.bar"',
+        b"A82 OK LIST completed",
+    )
+    assert imap.run(b"A83 DELETE blurdybloop") == lines(b"A83 OK DELETE completed")
+    assert imap.run(b"A84 DELETE foo") == lines(b"A84 OK DELETE Completed")
+    assert imap.run(b'A85 LIST "" *') == lines(
+        b'* LIST () "." "INBOX"',
+        b'* LIST (\\Noselect) "." "foo"',
+        b'* LIST () "." "foo.bar"',
+        b"A85 OK LIST completed",
+    )
+    assert imap.run(b'A86 LIST "" %') == lines(
+        b'* LIST () "." "INBOX"', b'* LIST (\\Noselect) "." "foo"', b"A86 OK LIST completed"
+    )
+
+
+def test_6_3_5_rename_with_inferiors(server, imap):
+    """6.3.5, first example: RENAME renames a mailbox, and its inferiors with it.  The
+    example's foo is a \\Noselect name; in mailgw such a name is no folder, only the parent of
+    foo.bar (see the DELETE example), and renaming a name that is no mailbox is NO (6.3.5: "It
+    is an error to attempt to rename from a mailbox name that does not exist").  With foo a
+    folder, its inferior goes with it, as the example shows."""
+    leave_only(server, "blurdybloop", "foo.bar", noselect=["foo"])
+    assert imap.run(b"A683 RENAME blurdybloop sarasoop") == lines(b"A683 OK RENAME completed")
+    assert imap.run(b"A684 RENAME foo zowie") == lines(b"A684 NO [NONEXISTENT] <text>")
+    imap.run(b"c CREATE foo")
+    assert imap.run(b"A684 RENAME foo zowie") == lines(b"A684 OK RENAME Completed")
+    assert imap.run(b'A685 LIST "" *') == lines(
+        b'* LIST () "." "INBOX"',
+        b'* LIST () "." "sarasoop"',
+        b'* LIST () "." "zowie"',
+        b'* LIST () "." "zowie.bar"',
+        b"A685 OK LIST completed",
+    )
+
+
+def test_6_3_5_rename_inbox(server, imap):
+    """6.3.5, second example: RENAME INBOX moves its messages to the new mailbox and leaves
+    INBOX, empty, and its inferiors where they were."""
+    leave_only(server, "INBOX.bar")
+    fill(server.store.folder(ALICE), 2)
+    assert imap.run(b'Z432 LIST "" *') == lines(
+        b'* LIST () "." "INBOX"', b'* LIST () "." "INBOX.bar"', b"Z432 OK LIST completed"
+    )
+    assert imap.run(b"Z433 RENAME INBOX old-mail") == lines(b"Z433 OK RENAME completed")
+    assert imap.run(b'Z434 LIST "" *') == lines(
+        b'* LIST () "." "INBOX"',
+        b'* LIST () "." "INBOX.bar"',
+        b'* LIST () "." "old-mail"',
+        b"Z434 OK LIST completed",
+    )
+    assert len(server.store.folder(ALICE).messages()) == 0
+    assert len(server.store.folder(ALICE, "old-mail").messages()) == 2
+
+
+def test_6_3_6_and_6_3_7_subscribe_and_unsubscribe(server, imap):
+    """6.3.6 and 6.3.7: SUBSCRIBE and UNSUBSCRIBE of a mailbox (the example's news group is a
+    folder here), LSUB lists it until it is unsubscribed."""
+    folder(server, "#news.comp.mail.mime")
+    assert imap.run(b"A002 SUBSCRIBE #news.comp.mail.mime") == lines(b"A002 OK SUBSCRIBE completed")
+    assert imap.run(b'l LSUB "" #news*') == lines(
+        b'* LSUB () "." "#news.comp.mail.mime"', b"l OK LSUB completed"
+    )
+    assert imap.run(b"A002 UNSUBSCRIBE #news.comp.mail.mime") == lines(
+        b"A002 OK UNSUBSCRIBE completed"
+    )
+    assert imap.run(b'l LSUB "" #news*') == lines(b"l OK LSUB completed")
+
+
+@pytest.mark.parametrize(
+    ("command", "answer"),
+    [
+        (b'A101 LIST "" ""', b'* LIST (\\Noselect) "." ""'),
+        (b'A102 LIST #news.comp.mail.misc ""', b'* LIST (\\Noselect) "." ""'),
+        (b'A103 LIST /usr/staff/jones ""', b'* LIST (\\Noselect) "." ""'),
+    ],
+    ids=["A101", "A102", "A103"],
+)
+def test_6_3_8_list_of_the_empty_name(imap, command, answer):
+    """6.3.8: an empty name asks for the delimiter and the reference's root.  mailgw's names
+    have one namespace, with no prefix, so no reference is rooted and the root is always ""
+    (which 6.3.8 allows: "The value returned as the root MAY be the empty string if the
+    reference is non-rooted"), where the RFC's server has rooted #news. and / names."""
+    assert imap.run(command) == lines(answer, command.split()[0] + b" OK LIST Completed")
+
+
+def test_6_3_8_list_percent_under_a_reference(server, imap):
+    """6.3.8 (A202): % under a reference lists one level; Mail.foo is only a parent, so
+    \\Noselect.  The example's ~/Mail/ is Mail. here (mailgw's delimiter is ".", and it has
+    no ~ for other users' mailboxes)."""
+    leave_only(server, "Mail.foo.x", "Mail.meetings", noselect=["Mail.foo"])
+    assert imap.run(b"A202 LIST Mail. %") == lines(
+        b'* LIST (\\Noselect) "." "Mail.foo"',
+        b'* LIST () "." "Mail.meetings"',
+        b"A202 OK LIST completed",
+    )
+
+
+def test_6_3_9_lsub(server, imap):
+    """6.3.9: LSUB lists subscribed names matching; with %, a name that has subscribed
+    inferiors but is not subscribed itself is listed \\Noselect.  The news groups are
+    folders here."""
+    folder(server, "#news.comp.mail.mime")
+    folder(server, "#news.comp.mail.misc")
+    for name in (b"#news.comp.mail.mime", b"#news.comp.mail.misc"):
+        imap.run(b"s SUBSCRIBE " + name)
+    assert imap.run(b'A002 LSUB "#news." "comp.mail.*"') == lines(
+        b'* LSUB () "." "#news.comp.mail.mime"',
+        b'* LSUB () "." "#news.comp.mail.misc"',
+        b"A002 OK LSUB completed",
+    )
+    assert imap.run(b'A003 LSUB "#news." "comp.%"') == lines(
+        b'* LSUB (\\Noselect) "." "#news.comp.mail"', b"A003 OK LSUB completed"
+    )
+
+
+def test_6_3_10_status(server, imap):
+    """6.3.10: STATUS of blurdybloop, 231 messages, UIDNEXT 44292.  mailgw gives the items in
+    the order asked (UIDNEXT first), the example's server in its own: STATUS's items are a list
+    of pairs, whose order means nothing (RFC 3501 7.2.4)."""
+    blurdybloop = folder(server, "blurdybloop")
+    next_uid(blurdybloop, 44292 - 231)
+    fill(blurdybloop, 231)
+    assert imap.run(b"A042 STATUS blurdybloop (UIDNEXT MESSAGES)") == lines(
+        b'* STATUS "blurdybloop" (UIDNEXT 44292 MESSAGES 231)', b"A042 OK STATUS completed"
+    )
+    assert imap.run(b"A043 STATUS blurdybloop (MESSAGES UIDNEXT)") == lines(
+        b'* STATUS "blurdybloop" (MESSAGES 231 UIDNEXT 44292)', b"A043 OK STATUS completed"
+    )
+
+
+APPENDED = (
+    b"Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)\r\n"
+    b"From: Fred Foobar <foobar@Blurdybloop.COM>\r\n"
+    b"Subject: afternoon meeting\r\n"
+    b"To: mooch@owatagu.siam.edu\r\n"
+    b"Message-Id: <B27397-0100000@Blurdybloop.COM>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n"
+    b"\r\n"
+    b"Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n"
+)
+
+
+def test_6_3_11_append(server, imap):
+    """6.3.11: APPEND with a synchronising literal of 310 octets: a continuation, then OK.
+    mailgw's OK carries [APPENDUID] (UIDPLUS, which it announces).  The message is stored
+    as sent, \\Seen."""
+    saved = folder(server, "saved-messages")
+    assert len(APPENDED) == 310
+    assert imap.run(b"A003 APPEND saved-messages (\\Seen) {310}", until=b"+") == lines(
+        b"+ Ready for literal data"
+    )
+    validity = b"%d" % saved.uid_validity
+    assert imap.run(APPENDED, until=b"A003 ") == lines(
+        b"A003 OK [APPENDUID " + validity + b" 1] APPEND completed"
+    )
+    (info,) = saved.messages()
+    assert info.flags == {"\\Seen"}
+    with saved.open_message(info.uid) as handle:
+        assert handle.read() == APPENDED
+
+
+# -- 6.4 selected ------------------------------------------------------------------------------
+
+
+def test_6_4_1_check(server, imap):
+    """6.4.1: CHECK is OK (mailgw's store is always checkpointed)."""
+    imap.run(b"s SELECT INBOX")
+    assert imap.run(b"FXXZ CHECK") == lines(b"FXXZ OK CHECK Completed")
+
+
+def test_6_4_2_close_expunges_silently(server, imap):
+    """6.4.2: CLOSE removes the \\Deleted messages without EXPUNGE responses."""
+    inbox = server.store.folder(ALICE)
+    fill(inbox, 3, Deleted={2})
+    imap.run(b"s SELECT INBOX")
+    assert imap.run(b"A341 CLOSE") == lines(b"A341 OK CLOSE completed")
+    assert [info.uid for info in inbox.messages()] == [1, 3]
+
+
+def test_6_4_3_expunge(server, imap):
+    """6.4.3: messages 3, 4, 7 and 11 deleted.  Each EXPUNGE numbers the mailbox as it is
+    after the ones before (7.4.1); the example's server expunges from the lowest (3, 3, 5, 8),
+    mailgw from the highest, so each number is the message's number before the command (11,
+    7, 4, 3): the same four messages, told as 7.4.1 requires."""
+    inbox = server.store.folder(ALICE)
+    fill(inbox, 12, Deleted={3, 4, 7, 11})
+    imap.run(b"s SELECT INBOX")
+    assert imap.run(b"A202 EXPUNGE") == lines(
+        b"* 11 EXPUNGE",
+        b"* 7 EXPUNGE",
+        b"* 4 EXPUNGE",
+        b"* 3 EXPUNGE",
+        b"A202 OK EXPUNGE completed",
+    )
+    assert [info.uid for info in inbox.messages()] == [1, 2, 5, 6, 8, 9, 10, 12]
+
+
+@pytest.fixture
+def mailbox_882(server, imap):
+    """882 messages selected: 2, 84 and 882 flagged (UIDs 14, 100, 1115), message 43 has the
+    6 octets of UTF-8 "мат" in its body."""
+    inbox = server.store.folder(ALICE)
+    uids = {2: 14, 84: 100, 882: 1115}
+    for n in range(1, 883):
+        if n in uids:
+            next_uid(inbox, uids[n])
+        body = "мат\r\n" if n == 43 else "Hello.\r\n"
+        inbox.append(message(f"m{n}", body), {"\\Flagged"} if n in uids else ())
+    inbox.mark_seen_by_client([info.uid for info in inbox.messages()])
+    imap.run(b"s SELECT INBOX")
+    return imap
+
+
+def test_6_4_4_search(mailbox_882):
+    """6.4.4: SEARCH with several criteria, one that finds nothing, and one with a UTF-8
+    literal (synchronising: a continuation first)."""
+    imap = mailbox_882
+    assert imap.run(b'A282 SEARCH FLAGGED SINCE 1-Feb-1994 NOT FROM "Smith"') == lines(
+        b"* SEARCH 2 84 882", b"A282 OK SEARCH completed"
+    )
+    assert imap.run(b'A283 SEARCH TEXT "string not in mailbox"') == lines(
+        b"* SEARCH", b"A283 OK SEARCH completed"
+    )
+    assert imap.run(b"A284 SEARCH CHARSET UTF-8 TEXT {6}", until=b"+") == lines(b"+ <text>")
+    assert imap.run("мат".encode(), until=b"A284 ") == lines(
+        b"* SEARCH 43", b"A284 OK SEARCH completed"
+    )
+
+
+def test_6_4_5_fetch(server, imap):
+    """6.4.5: FETCH of FLAGS and two header fields of 2:4 (the example elides the answers:
+    here they are whole).  BODY[...] sets \\Seen, so FLAGS already shows it; the fields come
+    in the message's order (From before Date)."""
+    fill(server.store.folder(ALICE), 4)
+    imap.run(b"s SELECT INBOX")
+    fields = b"From: Bob Sender <bob@elsewhere.test>\r\nDate: Tue, 01 Oct 2024 10:00:00 +0000\r\n"
+    answer = imap.send(b"A654 FETCH 2:4 (FLAGS BODY[HEADER.FIELDS (DATE FROM)])")
+    expected = b"".join(
+        b"* %d FETCH (FLAGS (\\Seen) BODY[HEADER.FIELDS (DATE FROM)] {%d}\r\n%s\r\n)\r\n"
+        % (n, len(fields) + 2, fields)
+        for n in (2, 3, 4)
+    )
+    assert answer == expected + b"A654 OK FETCH completed\r\n"
+
+
+def test_6_4_6_store(server, imap):
+    """6.4.6: +FLAGS (\\Deleted) on 2:4; each message's flags after, sorted as the example
+    happens to have them."""
+    inbox = server.store.folder(ALICE)
+    fill(inbox, 4, seen={2, 4}, Flagged={4})
+    imap.run(b"s SELECT INBOX")
+    assert imap.run(b"A003 STORE 2:4 +FLAGS (\\Deleted)") == lines(
+        b"* 2 FETCH (FLAGS (\\Deleted \\Seen))",
+        b"* 3 FETCH (FLAGS (\\Deleted))",
+        b"* 4 FETCH (FLAGS (\\Deleted \\Flagged \\Seen))",
+        b"A003 OK STORE completed",
+    )
+
+
+def test_6_4_7_copy(server, imap):
+    """6.4.7: COPY 2:4 to MEETING; mailgw's OK carries [COPYUID] (UIDPLUS, announced)."""
+    fill(server.store.folder(ALICE), 4)
+    meeting = folder(server, "MEETING")
+    imap.run(b"s SELECT INBOX")
+    assert imap.run(b"A003 COPY 2:4 MEETING") == lines(
+        b"A003 OK [COPYUID %d 2:4 1:3] COPY completed" % meeting.uid_validity
+    )
+    assert len(meeting.messages()) == 3
+
+
+def test_6_4_8_uid_fetch(server, imap):
+    """6.4.8: UID FETCH of a UID range: messages 23 to 25 have UIDs 4827313, 4827943 and
+    4828442; UID is in every answer."""
+    inbox = server.store.folder(ALICE)
+    uids = {23: 4827313, 24: 4827943, 25: 4828442}
+    for n in range(1, 26):
+        if n in uids:
+            next_uid(inbox, uids[n])
+        inbox.append(message(f"m{n}"), {"\\Seen"})
+    imap.run(b"s SELECT INBOX")
+    assert imap.run(b"A999 UID FETCH 4827313:4828442 FLAGS") == lines(
+        b"* 23 FETCH (FLAGS (\\Seen) UID 4827313)",
+        b"* 24 FETCH (FLAGS (\\Seen) UID 4827943)",
+        b"* 25 FETCH (FLAGS (\\Seen) UID 4828442)",
+        b"A999 OK UID FETCH completed",
+    )
+
+
+def test_6_5_1_x_command_not_offered(imap):
+    """6.5.1: XPIG-LATIN is the example of an experimental command; mailgw has none, so it
+    is not in CAPABILITY and the command is BAD (6.5.1's server answers it)."""
+    answer = imap.send(b"a441 CAPABILITY")
+    assert b"XPIG-LATIN" not in capabilities(answer)
+    assert imap.run(b"A442 XPIG-LATIN") == lines(b"A442 BAD <text>")
