@@ -19,7 +19,6 @@ the snapshot lists them, not after a rename).
 from __future__ import annotations
 
 import functools
-import os
 import time
 from dataclasses import dataclass
 
@@ -46,6 +45,7 @@ from mailgw.imap.view import RECENT, SEEN
 from mailgw.imap.wire import commands as c
 from mailgw.imap.wire import responses as r
 from mailgw.store.interfaces import FLAGS_ADD, NoSuchMessage
+from mailgw.store.reading import NOWAIT, NotCached
 
 #: Responses are written in pieces of about this many octets (a larger literal goes alone);
 #: a batch of metadata is about one CHUNK of response.
@@ -64,8 +64,6 @@ _MONTHS = (b"", *(m.encode() for m in "Jan Feb Mar Apr May Jun Jul Aug Sep Oct N
 #: What a FETCH reads of each message.
 NOTHING, HEADER, WHOLE = range(3)
 _HEADER_TEXTS = frozenset({"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"})
-#: Octets a header block is read in.
-_HEADER_READ = 8192
 
 
 @dataclass(frozen=True)
@@ -143,56 +141,6 @@ def _window(data: bytes, partial: tuple[int, int] | None) -> bytes:
     return data[start : start + length]
 
 
-def read_as_listed(folder_path: str, info) -> bytes | None:
-    """The message if the file ``info`` names (new/ or cur/) holds exactly its ``size`` octets,
-    as the store keeps CRLF messages; None if the store must be asked: the file was renamed
-    (flags changed, or moved to cur/) or removed since the snapshot, or has bare LF line ends.
-    One open and one read, without the store's lock or a directory check."""
-    path = os.path.join(folder_path, info.subdir, info.filename)
-    try:
-        with open(path, "rb", buffering=0) as f:
-            data = f.read(info.size + 1)
-    except OSError:
-        return None
-    return data if len(data) == info.size else None
-
-
-def _whole(folder, folder_path: str, info) -> bytes:
-    data = read_as_listed(folder_path, info)
-    if data is None:
-        with folder.open_message(info.uid) as fp:
-            data = fp.read()
-    return data
-
-
-def _header(folder, folder_path: str, info) -> bytes:
-    """The message's header block (with the empty line that ends it)."""
-    path = os.path.join(folder_path, info.subdir, info.filename)
-    try:
-        fp = open(path, "rb", buffering=0)
-        if os.fstat(fp.fileno()).st_size != info.size:  # not as listed (bare LF): ask the store
-            fp.close()
-            raise OSError("not as listed")
-    except OSError:
-        fp = folder.open_message(info.uid)
-    with fp:
-        data = fp.read(_HEADER_READ)
-        while not _ends_header(data):
-            chunk = fp.read(_HEADER_READ)
-            if not chunk:
-                break
-            data += chunk
-    return header_block(data)
-
-
-def _ends_header(data: bytes) -> bool:
-    return data.startswith((b"\r\n", b"\n")) or b"\n\r\n" in data or b"\n\n" in data
-
-
-#: Linux's "fail rather than wait for the disk" flag for reads (None elsewhere).
-_NOWAIT = getattr(os, "RWF_NOWAIT", None)
-
-
 class _Cold(Exception):
     """A read would have to wait for the disk (or the file is not as listed).  Out of
     ``serialise`` it carries the writes of the rows before that message (``done``) and the
@@ -200,61 +148,6 @@ class _Cold(Exception):
 
     done: list | None = None
     rest: list | None = None
-
-
-class _Directories:
-    """A folder's new/ and cur/, each opened once for a batch read from the page cache, so that
-    each message is opened by its name alone (no walk of the whole path per message)."""
-
-    __slots__ = ("_path", "_fds")
-
-    def __init__(self, folder_path: str) -> None:
-        self._path = folder_path
-        self._fds: dict[str, int] = {}
-
-    def open(self, info) -> int:
-        """A descriptor of the file ``info`` names (OSError if it is gone)."""
-        directory = self._fds.get(info.subdir)
-        if directory is None:
-            path = os.path.join(self._path, info.subdir)
-            directory = self._fds[info.subdir] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        return os.open(info.filename, os.O_RDONLY, dir_fd=directory)
-
-    def close(self) -> None:
-        """Give the directories back."""
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-
-def _cached(directories: _Directories, info, count: int) -> bytes:
-    """The first ``count`` octets of the message's file, if the file is as listed (its size)
-    and they are all in the page cache; else _Cold.  Never waits for the disk to read.  The
-    whole file is read with one octet more asked than listed, which tells its size as well."""
-    try:
-        fd = directories.open(info)
-    except OSError:
-        raise _Cold() from None
-    whole = count == info.size
-    try:
-        if not whole and os.fstat(fd).st_size != info.size:
-            raise _Cold()
-        buffer = bytearray(count + whole)
-        got = os.preadv(fd, [buffer], 0, _NOWAIT)
-    except OSError:  # BlockingIOError: not in the page cache
-        raise _Cold() from None
-    finally:
-        os.close(fd)
-    if got != count:
-        raise _Cold()
-    return bytes(memoryview(buffer)[:count]) if whole else bytes(buffer)
-
-
-def _cached_header(directories: _Directories, info) -> bytes:
-    data = _cached(directories, info, min(info.size, _HEADER_READ))
-    if len(data) < info.size and not _ends_header(data):
-        raise _Cold()
-    return header_block(data)
 
 
 class _Piecewise:
@@ -267,16 +160,10 @@ class _Piecewise:
         self._file, self._left, self.size = file, size, size
 
     @classmethod
-    def open(cls, folder_path: str, info) -> _Piecewise | None:
+    def open(cls, reader, info) -> _Piecewise | None:
         """The file ``info`` names if it holds exactly its size (CRLF, as listed), else None."""
-        try:
-            file = open(os.path.join(folder_path, info.subdir, info.filename), "rb", buffering=0)
-        except OSError:
-            return None
-        if os.fstat(file.fileno()).st_size != info.size:
-            file.close()
-            return None
-        return cls(file, info.size)
+        file = reader.stream(info)
+        return None if file is None else cls(file, info.size)
 
     def __len__(self) -> int:
         return self.size
@@ -304,28 +191,27 @@ class _Message:
     """One message's content as a batch's items need it, read (on first need) and parsed once;
     its ENVELOPE, BODY and BODYSTRUCTURE are taken from the process's cache when there."""
 
-    __slots__ = ("_folder", "_path", "_info", "_reads", "_cached", "_key", "_read", "_parsed")
+    __slots__ = ("_reader", "_info", "_reads", "_cached", "_key", "_read", "_parsed")
 
-    def __init__(self, folder, folder_path: str, info, reads: int, cached, key) -> None:
-        """Read what ``reads`` says when first asked; only from the page cache if ``cached``
-        (the folder's _Directories; else _Cold) .  ``key`` is the folder's ``(address, name,
-        UIDVALIDITY)``."""
-        self._folder, self._path, self._info = folder, folder_path, info
+    def __init__(self, reader, info, reads: int, cached: bool, key) -> None:
+        """Read what ``reads`` says when first asked, with ``reader`` (the folder's
+        IListedReader); only from the page cache if ``cached`` (else _Cold).  ``key`` is the
+        folder's ``(address, name, UIDVALIDITY)``."""
+        self._reader, self._info = reader, info
         self._reads, self._cached, self._key = reads, cached, key
         self._read = self._parsed = None
 
     def _octets(self) -> bytes:
         if self._read is None:
-            folder, path, info = self._folder, self._path, self._info
-            if self._reads == WHOLE:
-                if self._cached:
-                    self._read = _cached(self._cached, info, info.size)
+            reader, info = self._reader, self._info
+            try:
+                if self._reads == WHOLE:
+                    self._read = reader.cached(info) if self._cached else reader.whole(info)
                 else:
-                    self._read = _whole(folder, path, info)
-            elif self._cached:
-                self._read = _cached_header(self._cached, info)
-            else:
-                self._read = _header(folder, path, info)
+                    head = reader.cached_head(info) if self._cached else reader.head(info)
+                    self._read = header_block(head)
+            except NotCached:
+                raise _Cold() from None
         return self._read
 
     @property
@@ -356,7 +242,7 @@ class _Message:
         if self._read is None and info.size >= CHUNK and self._reads == WHOLE:
             if self._cached:
                 raise _Cold()
-            piecewise = _Piecewise.open(self._path, info)
+            piecewise = _Piecewise.open(self._reader, info)
             if piecewise is not None:
                 return label + b" {%d}\r\n" % info.size, piecewise
         return r.literal_item(label, self.data)
@@ -464,19 +350,15 @@ def serialise(folder, rows: list, plan: Plan, cached: bool = False) -> tuple[lis
         writes = [b"".join(make(rows, flag_items))]
         changed = []
     else:
-        directories = _Directories(str(folder.path)) if cached else None
-        try:
-            writes, changed = _general(folder, rows, plan, flag_items, directories)
-        finally:
-            if directories is not None:
-                directories.close()
+        with folder.reader() as reader:
+            writes, changed = _general(folder, reader, rows, plan, flag_items, cached)
     return writes, changed
 
 
-def _general(folder, rows: list, plan: Plan, flags_of: _Flags, cached) -> tuple[list, list]:
-    """``serialise`` for items that read the message or set \\Seen: (writes, changed); files
-    read from the page cache only if ``cached`` (the folder's _Directories)."""
-    folder_path = str(folder.path)
+def _general(
+    folder, reader, rows: list, plan: Plan, flags_of: _Flags, cached: bool
+) -> tuple[list, list]:
+    """``serialise`` for items that read the message or set \\Seen: (writes, changed)."""
     key = (folder.address, folder.name, folder.uid_validity)
     makers = [_maker(attribute) for attribute in plan.attributes]
     reads = plan.reads
@@ -494,7 +376,7 @@ def _general(folder, rows: list, plan: Plan, flags_of: _Flags, cached) -> tuple[
         try:
             if SEEN not in info.flags and plan.sets_seen:
                 info = seen.get(info.uid) or folder.get(info.uid)
-            message = _Message(folder, folder_path, info, reads, cached, key) if reads else None
+            message = _Message(reader, info, reads, cached, key) if reads else None
             flags = flags_of[info.flags, recent]
             items = [make(info, flags, message) for make in makers]
         except NoSuchMessage:
@@ -616,7 +498,7 @@ def _begin(folder, batch: list, plan: Plan) -> Deferred:
     all in the page cache), else in a worker thread (a file is not cached, \\Seen is set)."""
     if plan.reads == NOTHING and not plan.sets_seen:
         return maybeDeferred(serialise, folder, batch, plan)
-    if _NOWAIT is not None and not plan.sets_seen:
+    if NOWAIT is not None and not plan.sets_seen:
         try:
             return succeed(serialise(folder, batch, plan, cached=True))
         except _Cold as cold:  # what came before the file is kept, the rest read in the thread

@@ -16,8 +16,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from mailgw.imap import ordering
-from mailgw.imap.fetch import _header as read_header
-from mailgw.imap.mime.headers import field_value, split_fields
+from mailgw.imap.mime.headers import field_value, header_block, split_fields
 from mailgw.imap.reply import Reply, bad, failed, no, ok
 from mailgw.imap.search import Candidate, evaluate, unsupported
 from mailgw.imap.selected import CHARSETS, as_uids, has_modseq
@@ -30,10 +29,10 @@ CAPABILITIES = (b"SORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES")
 BADCHARSET = b"[BADCHARSET (UTF-8 US-ASCII)] Unknown charset"
 
 
-def _header_fields(folder, folder_path: str, info, wanted: frozenset) -> dict:
+def _header_fields(reader, info, wanted: frozenset) -> dict:
     """The first value (unfolded) of each ``wanted`` field of a message; {} if it is gone."""
     try:
-        block = read_header(folder, folder_path, info)
+        block = header_block(reader.head(info))
     except (NoSuchMessage, StoreError):
         return {}
     fields: dict = {}
@@ -48,16 +47,14 @@ def matching(folder, criteria: tuple, candidates: list, infos: dict, wanted: fro
     header fields read (``infos``: the IMessageInfo of each UID, as the view lists it;
     blocking: run it in a thread)."""
     by_seq = {candidate.seq: candidate for candidate in candidates}
-    folder_path = str(folder.path)
     messages = []
-    for seq in evaluate(folder, criteria, candidates, False):
-        found = by_seq[seq]
-        fields = {}
-        if wanted:
-            fields = _header_fields(folder, folder_path, infos[found.uid], wanted)
-        messages.append(
-            ordering.Message(found.seq, found.uid, found.size, found.internal_date, fields)
-        )
+    with folder.reader() as reader:
+        for seq in evaluate(folder, criteria, candidates, False):
+            found = by_seq[seq]
+            fields = _header_fields(reader, infos[found.uid], wanted) if wanted else {}
+            messages.append(
+                ordering.Message(found.seq, found.uid, found.size, found.internal_date, fields)
+            )
     return messages
 
 

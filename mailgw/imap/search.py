@@ -13,7 +13,6 @@ encodings whose octets do not hold the word is rejected without being parsed.
 from __future__ import annotations
 
 import email.utils
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,8 +119,8 @@ def _kinds(node: tuple):
 class _Content:
     """A message's octets, headers and text, read once on demand (in the evaluating thread)."""
 
-    def __init__(self, folder, info, plan: Plan) -> None:
-        self._folder, self._info, self._plan = folder, info, plan
+    def __init__(self, folder, reader, info, plan: Plan) -> None:
+        self._folder, self._reader, self._info, self._plan = folder, reader, info, plan
         self._raw: bytes | None = None
         self._lowered: bytes | None = None
         self._message = None
@@ -130,7 +129,7 @@ class _Content:
     def raw(self) -> bytes:
         """The whole message as stored (CRLF)."""
         if self._raw is None:
-            self._raw = _read(self._folder, self._info)
+            self._raw = _read(self._folder, self._reader, self._info)
         return self._raw
 
     def may_hold(self, word: bytes) -> bool:
@@ -196,17 +195,12 @@ def _decoded(value) -> str:
         return str(value).lower()
 
 
-def _read(folder, info) -> bytes:
-    """The message's octets: from the file the view lists if it is still as listed (no
-    store lock), else through the store."""
-    if not isinstance(info, Candidate):
-        from mailgw.imap.fetch import read_as_listed  # fetch imports this module's users
-
-        data = read_as_listed(os.fspath(folder.path), info)
-        if data is not None:
-            return data
-    with folder.open_message(info.uid) as fp:
-        return fp.read()
+def _read(folder, reader, info) -> bytes:
+    """The message's octets: as the view lists it (``reader``), else through the store."""
+    if isinstance(info, Candidate):
+        with folder.open_message(info.uid) as fp:
+            return fp.read()
+    return reader.whole(info)
 
 
 def _day(timestamp: float) -> tuple:
@@ -369,13 +363,14 @@ def matching(folder, tree: tuple, rows: list, by_uid: bool) -> list[int]:
             if predicate(seq, info, recent, None, last)
         ]
     found = []
-    for seq, info, recent in rows:
-        try:
-            matched = predicate(seq, info, recent, _Content(folder, info, plan), last)
-        except (NoSuchMessage, StoreError):
-            continue
-        if matched:
-            found.append(info.uid if by_uid else seq)
+    with folder.reader() as reader:
+        for seq, info, recent in rows:
+            try:
+                matched = predicate(seq, info, recent, _Content(folder, reader, info, plan), last)
+            except (NoSuchMessage, StoreError):
+                continue
+            if matched:
+                found.append(info.uid if by_uid else seq)
     return found
 
 

@@ -10,20 +10,18 @@ the store's exact CRLF sizes, UIDL is ``<uidvalidity>.<uid>`` (the store's ident
 message: stable across sessions and restarts, never reused), ``sync`` expunges the marked messages
 durably, and ``close`` releases the lock.  Methods that may scan or fsync (``load``,
 ``getMessage``, ``sync``) block: the session runs them with ``deferToThread``.  ``read_whole``
-reads a small message by the snapshot's file name, one open and one read without the store's
-lock: the session calls it on the reactor thread and falls back to ``getMessage`` when it fails.
+reads a small message as the snapshot lists it (the folder's ``IListedReader``: one open and
+one read, without the store's lock): the session calls it on the reactor thread and falls back
+to ``getMessage`` when it fails.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import BinaryIO
 
 from twisted.mail.pop3 import IMailbox
 from zope.interface import implementer
-
-from mailgw.pop3.lock import MaildropLock, acquire
 
 
 class NoSuchMessageNumber(ValueError):
@@ -46,29 +44,25 @@ class Maildrop:
         self.address = address
         self._store = store
         self._folder = None
-        self._lock: MaildropLock | None = None
-        #: new/ and cur/ by ``recent``, as str: ``read_whole`` runs on the reactor thread for
-        #: every RETR, and pathlib's join would cost more than its open and read.
-        self._subdirs: dict[bool, str] | None = None
+        self._lock = None
+        #: The INBOX's IListedReader, for ``read_whole`` on the reactor thread.
+        self._reader = None
         self._infos: list = []
         self._deleted: set[int] = set()
 
     def load(self) -> None:
         """Lock the maildrop, then take the snapshot of the INBOX (blocking: scans the directory).
 
-        Raise ``lock.MaildropLocked`` if another POP3 session holds it, or StoreError."""
+        Raise ``MaildropLocked`` if another POP3 session holds it, or StoreError."""
         folder = self._store.folder(self.address)
-        lock = acquire(folder.address, getattr(folder, "path", None))
+        lock = folder.lock_maildrop()
         try:
             infos = list(folder.messages())
         except BaseException:
             lock.release()
             raise
         self._folder, self._lock, self._infos = folder, lock, infos
-        path = getattr(folder, "path", None)
-        self._subdirs = (
-            None if path is None else {True: str(path / "new"), False: str(path / "cur")}
-        )
+        self._reader = folder.reader()
         self._deleted.clear()
 
     def info(self, index: int) -> object:
@@ -119,15 +113,7 @@ class Maildrop:
 
         Raise NoSuchMessageNumber or MessageDeleted as ``info`` does."""
         info = self.info(i)
-        subdirs = self._subdirs
-        if subdirs is None:
-            return None
-        try:
-            with open(os.path.join(subdirs[info.recent], info.filename), "rb", buffering=0) as f:
-                data = f.read(info.size + 1)
-        except OSError:
-            return None
-        return data if len(data) == info.size else None
+        return None if self._reader is None else self._reader.listed(info)
 
     def getUidl(self, i: int) -> bytes:
         """IMailbox: the unique id of message ``i``."""
@@ -157,7 +143,9 @@ class Maildrop:
         release the maildrop lock.  Calling it again does nothing."""
         self._infos = []
         self._deleted.clear()
-        self._folder = self._subdirs = None
+        reader, self._folder, self._reader = self._reader, None, None
+        if reader is not None:
+            reader.close()
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()

@@ -56,12 +56,11 @@ from twisted.python.failure import Failure
 from mailgw.auth import ClientCredentials
 from mailgw.context import ServerContext
 from mailgw.pop3 import sasl
-from mailgw.pop3.lock import MaildropLocked
 from mailgw.pop3.mailbox import MessageDeleted, NoSuchMessageNumber
 from mailgw.pop3.multiline import TERMINATOR, DotStuffer, TopReader
 from mailgw.pop3.parser import Command, CommandError, parse_command
 from mailgw.sessions import BUSY_TEXT, SessionTracker, TrackedSession
-from mailgw.store.interfaces import NoSuchMessage
+from mailgw.store.interfaces import MaildropLocked, NoSuchMessage
 
 log = Logger(namespace="mailgw.pop3")
 

@@ -50,6 +50,7 @@ from mailgw.store.interfaces import (
     NoSuchMessage,
     StoreError,
 )
+from mailgw.store.maildrop_lock import MaildropLock, acquire
 from mailgw.store.message import (
     MessageInfo,
     date_from_key,
@@ -59,6 +60,7 @@ from mailgw.store.message import (
     number_after,
 )
 from mailgw.store.modseq import flag_mask
+from mailgw.store.reading import ListedReader
 from mailgw.store.sequencer import Sequencer
 from mailgw.store.uidlist import UidList
 
@@ -172,6 +174,14 @@ class MaildirFolder:
         with self._lock:
             self._refresh()
             return self._lookup(uid)
+
+    def reader(self) -> ListedReader:
+        """A new reader of this folder's messages as listed (``mailgw.store.reading``)."""
+        return ListedReader(self, str(self.path))
+
+    def lock_maildrop(self) -> MaildropLock:
+        """The exclusive POP3 maildrop lock (``mailgw.store.maildrop_lock``)."""
+        return acquire(self.address, self.path)
 
     def open_message(self, uid: int):
         """Return a binary file object reading the message with CRLF line endings."""

@@ -112,6 +112,38 @@ class IFolderListener(Interface):
         deleted)."""
 
 
+class MaildropLocked(Exception):
+    """Another POP3 session holds the maildrop (``IFolder.lock_maildrop``)."""
+
+
+class IListedReader(Interface):
+    """Reads messages as an IMessageInfo of a listing names them: at once, without the
+    folder's lock, falling back to ``IFolder.open_message`` when the listing is out of date.
+    What protocols send message octets with; they never see where or how messages are kept."""
+
+    def whole(info) -> bytes:
+        """The whole message (CRLF line ends).  Raise NoSuchMessage if it is gone."""
+
+    def listed(info) -> bytes | None:
+        """The whole message if it is still as listed, else None (ask ``whole``)."""
+
+    def head(info) -> bytes:
+        """The message's first octets, at least through the empty line ending its header."""
+
+    def stream(info):
+        """A binary file object of the message as listed, to read piece by piece; or None."""
+
+    def cached(info, count: int | None = None) -> bytes:
+        """The first ``count`` octets (all if None), only if they can be had without waiting
+        for the disk; else raise ``mailgw.store.reading.NotCached``."""
+
+    def cached_head(info) -> bytes:
+        """``head``, only if it can be had without waiting for the disk (else NotCached)."""
+
+    def close() -> None:
+        """Give back what the reader holds open."""
+
+
 class IFolder(Interface):
     """One mail folder (a Maildir or Maildir++ subfolder) of one user."""
 
@@ -139,6 +171,14 @@ class IFolder(Interface):
         """Return a binary file object reading the message as stored (CRLF line endings).
 
         Raise NoSuchMessage if it is gone."""
+
+    def reader():
+        """A new IListedReader of this folder's messages (for one thread; close it after)."""
+
+    def lock_maildrop():
+        """Take the exclusive POP3 maildrop lock (RFC 1939 4) of this folder, for every
+        process on the store, without waiting; return the hold (``release()`` gives it
+        back; a process that dies gives it back too).  Raise MaildropLocked if it is held."""
 
     def append(data: bytes, flags=(), internal_date: float | None = None) -> int:
         """Store ``data`` durably (file and directories fsync'd) and return its UID."""

@@ -12,7 +12,8 @@ leaves a maildrop locked (there is no dotlock file to go stale):
   process on the same store.  The file stays behind; without an open descriptor holding the
   ``flock`` it locks nothing.
 
-The lock is only about POP3: SMTP delivery and IMAP never look at it.
+The lock is only about POP3: SMTP delivery and IMAP never look at it.  It belongs to the store
+(``IFolder.lock_maildrop``): how a maildrop is locked depends on how it is kept.
 """
 
 from __future__ import annotations
@@ -22,17 +23,13 @@ import os
 import threading
 from pathlib import Path
 
-from mailgw.store.interfaces import StoreError
+from mailgw.store.interfaces import MaildropLocked, StoreError
 
 #: The lock file's name inside the maildrop directory (next to ``cur``, ``new``, ``tmp``).
 LOCK_FILE_NAME = "mailgw-pop3.lock"
 
 _registry_lock = threading.Lock()
 _held: set[str] = set()
-
-
-class MaildropLocked(Exception):
-    """Another POP3 session holds the maildrop."""
 
 
 class MaildropLock:
