@@ -967,3 +967,19 @@ def test_imap4rev2_off_is_neither_announced_nor_enabled(connect, server, monkeyp
     assert client.send(b"e ENABLE IMAP4rev2")[0] == b"* ENABLED"
     client.ok(b"s SELECT INBOX")
     assert client.send(b"x SEARCH ALL")[0] == b"* SEARCH 1"
+
+
+def test_rev2_names_are_utf8(connect, server):
+    """RFC 9051 5.1: a rev2 session is told mailbox names in UTF-8 (LIST, STATUS, SELECT's LIST
+    line); a rev1 session in modified UTF-7, as before."""
+    old = connect(rev2=False)
+    old.ok(b"c CREATE Entw&APw-rfe")
+    client = connect()
+    name = "Entwürfe".encode()
+    listed = b'* LIST () "." {%d}\r\n%s' % (len(name), name)
+    assert b"\r\n".join(client.send(b'l LIST "" Entw*')) == listed + b"\r\nl OK LIST completed"
+    assert b"\r\n".join(client.send(b's STATUS "' + name + b'" (MESSAGES)')) == (
+        b"* STATUS {%d}\r\n%s (MESSAGES 0)\r\ns OK STATUS completed" % (len(name), name)
+    )
+    assert listed in b"\r\n".join(client.ok(b'x SELECT "' + name + b'"'))
+    assert old.send(b'l LIST "" Entw*')[0] == b'* LIST () "." "Entw&APw-rfe"'

@@ -5,7 +5,8 @@ LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), SPECIAL-USE (RFC 6154) and STA
 
 Every one answers when the store is done (its calls run in threads); a folder that does not
 exist is ``NO [NONEXISTENT]`` (``[TRYCREATE]`` for APPEND), a store failure ``[SERVERBUG]`` or
-``[UNAVAILABLE]``, logged (``mailgw.imap.errors``).
+``[UNAVAILABLE]``, logged (``mailgw.imap.errors``).  Names are told in modified UTF-7, in UTF-8
+once the client enabled IMAP4rev2 (RFC 9051 5.1).
 """
 
 from __future__ import annotations
@@ -76,9 +77,16 @@ def _undecodable(name: str) -> bool:
     return getattr(name, "undecodable", None) is not None
 
 
-def list_line(kind: bytes, listed: Listed) -> bytes:
+def wire_name(session, name: str) -> bytes:
+    """A mailbox name as the session is told it: in UTF-8 once IMAP4rev2 is enabled (RFC 9051
+    5.1), else in modified UTF-7 (RFC 3501 5.1.3)."""
+    return name.encode("utf-8") if session.rev2 else mutf7.encode(name)
+
+
+def list_line(session, kind: bytes, listed: Listed) -> bytes:
     """The ``* LIST`` (or ``* LSUB``) response of ``listed``."""
-    values = [r.Atom(kind), r.flag_list(listed.attributes), DELIMITER, mutf7.encode(listed.name)]
+    name = wire_name(session, listed.name)
+    values = [r.Atom(kind), r.flag_list(listed.attributes), DELIMITER, name]
     if listed.child_info:
         values.append(_CHILDINFO)
     return r.untagged(*values)
@@ -103,7 +111,7 @@ async def list_(session, command: c.List) -> Reply:
     selection = frozenset(command.selection)
     query = Query(command.reference, patterns, selection, frozenset(returns), session.rev2)
     for listed in list_mailboxes(query, folders, subscribed, SPECIAL_USE):
-        line = list_line(b"LIST", listed)
+        line = list_line(session, b"LIST", listed)
         if command.status and listed.with_status:
             line += await _status_line(session, listed.name, command.status)
         session.send(line)
@@ -120,7 +128,7 @@ async def lsub(session, command: c.Lsub) -> Reply:
     except Exception:
         return failed(Failure(), b"LSUB")
     found = lsub_mailboxes(command.reference, command.pattern, set(folders), subscribed)
-    session.send(b"".join(list_line(b"LSUB", listed) for listed in found))
+    session.send(b"".join(list_line(session, b"LSUB", listed) for listed in found))
     return ok(b"LSUB completed")
 
 
@@ -136,12 +144,12 @@ async def _status_line(session, name: str, items) -> bytes:
         values = await session.account.status(name, items)
     except Exception:
         return b""
-    return _status_response(name, values)
+    return _status_response(session, name, values)
 
 
-def _status_response(name: str, values: dict) -> bytes:
+def _status_response(session, name: str, values: dict) -> bytes:
     pairs = [value for item, number in values.items() for value in (r.Atom(item.encode()), number)]
-    return r.untagged(r.Atom(b"STATUS"), mutf7.encode(name), pairs)
+    return r.untagged(r.Atom(b"STATUS"), wire_name(session, name), pairs)
 
 
 async def status(session, command: c.Status) -> Reply:
@@ -153,7 +161,7 @@ async def status(session, command: c.Status) -> Reply:
         values = await session.account.status(command.mailbox, command.items)
     except Exception:
         return failed(Failure(), b"STATUS")
-    session.send(_status_response(command.mailbox, values))
+    session.send(_status_response(session, command.mailbox, values))
     return ok(b"STATUS completed")
 
 

@@ -77,7 +77,7 @@ async def _list_lines(session, name: str) -> bytes:
     except Exception:
         return b""
     found = list_mailboxes(Query("", (name,), rev2=True), folders, subscribed, SPECIAL_USE)
-    return b"".join(list_line(b"LIST", listed) for listed in found if listed.name == name)
+    return b"".join(list_line(session, b"LIST", listed) for listed in found if listed.name == name)
 
 
 def flags_lines(mailbox) -> bytes:
