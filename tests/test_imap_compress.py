@@ -12,7 +12,9 @@ import time
 import zlib
 
 import pytest
+from conftest import LiveServer, make_config
 from test_imap_clients import MESSAGES, Mbsync, server_state, start_server
+from test_imap_rfc3501 import normalise
 from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -345,3 +347,34 @@ def test_mbsync_syncs_with_compression_on(mbsync_server, tmp_path, implicit_tls)
     files = mbsync.files()
     state = server_state(mbsync_server)
     assert len(files) == len(MESSAGES) == len(state)
+
+
+def test_rfc4978_example_starttls_login_compress(tmp_path):
+    """RFC 4978 section 3's example, replayed byte for byte after ``normalise``
+    (tests/test_imap_rfc3501.py): the greeting announces COMPRESS=DEFLATE, STARTTLS, LOGIN
+    inside TLS, then COMPRESS DEFLATE in lower case, and from then on everything is compressed
+    before being encrypted.  The example's user arnt is Alice; its tagged reply to c is tagged
+    "d", a slip: mailgw's carries the command's tag, c.  mailgw's LOGIN OK carries no
+    [CAPABILITY] (RFC 3501 allows either)."""
+    srv = LiveServer(make_config(tmp_path / "strict", allow_plaintext=False))
+    try:
+        srv.add_user(ALICE, PASSWORD)
+        client = connect(srv.listen(make_factory))
+        assert normalise(client.greeting) == [b"* OK [CAPABILITY ...] <text>"]
+        assert b" COMPRESS=DEFLATE " in client.greeting and b" STARTTLS " in client.greeting
+        client.send(b"a starttls\r\n")
+        assert normalise(client.read_until(b"a")) == [b"a OK <text>"]
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        client.sock = context.wrap_socket(client.sock)
+        client.send(f"b login {ALICE} {PASSWORD}\r\n".encode())
+        assert normalise(client.read_until(b"b")) == [b"b OK <text>"]
+        client.send(b"c compress deflate\r\n")
+        assert client.read_until(b"c") == b"c OK DEFLATE active\r\n"
+        client.inflate = zlib.decompressobj(-15)
+        client.deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        client.send(b"e noop\r\n")
+        assert client.read_until(b"e") == b"e OK NOOP completed\r\n"
+    finally:
+        srv.close()
