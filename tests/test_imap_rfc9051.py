@@ -149,6 +149,12 @@ class Example:
     login: bool = True
 
 
+def _literal_size(data: bytes) -> int | None:
+    """The octets of the literal ``data`` ends by announcing, if it does."""
+    found = re.search(rb"\{(\d+)\+?\}$", data)
+    return int(found.group(1)) if found else None
+
+
 def commands(transcript: str) -> list[tuple[list[bytes], list[bytes]]]:
     """The transcript's commands, each as (its parts to send, the lines answered); a line that
     starts with neither "C: " nor "S: " continues the one before (an editorial break)."""
@@ -156,23 +162,28 @@ def commands(transcript: str) -> list[tuple[list[bytes], list[bytes]]]:
     for raw in transcript.strip().splitlines():
         if not raw.strip():
             continue
-        if raw.strip()[:3] in ("C: ", "S: "):
+        if raw.strip() in ("C:", "S:"):  # an empty line
+            lines.append(raw.strip() + " ")
+        elif raw.strip()[:3] in ("C: ", "S: "):
             lines.append(raw.strip())
         else:  # the RFC's editorial line break
             lines[-1] += " " + raw.strip()
     out: list[tuple[list[bytes], list[bytes]]] = []
-    literal = False
+    state = None  # None: no command open; n: literal octets to come; -1: the line after one
     for raw in lines:
         who, _, text = raw.partition(": ")
-        data = text.encode("utf-8")
-        if who == "C" and literal:
-            out[-1][0].append(data)
-        elif who == "C":
-            out.append(([data], []))
-        else:
+        data = text.encode()
+        if who == "S":
             out[-1][1].append(data)
-        if who == "C" or not data.startswith(b"+"):
-            literal = who == "C" and bool(re.search(rb"\{\d+\+?\}$", data))
+        elif state is None:
+            out.append(([data], []))
+            state = _literal_size(data)
+        elif state == -1 or len(data) >= state:
+            out[-1][0].append(data)
+            state = _literal_size(data if state == -1 else data[state:])
+        else:
+            out[-1][0].append(data)
+            state = state - len(data) - 2 or -1
     return out
 
 
@@ -386,6 +397,35 @@ def folders(*names: str) -> Callable:
         return {}
 
     return setup
+
+
+def saved_messages(server, client) -> dict:
+    """A folder saved-messages; the APPENDUID its next message gets."""
+    client.ok(b"c CREATE saved-messages")
+    saved = server.store.folder(ALICE, "saved-messages")
+    return {"[APPENDUID]": f"[APPENDUID {saved.uid_validity} {saved.uid_next}]"}
+
+
+def append_copy(server, client) -> dict:
+    """6.3.12's second example: saved-messages, meeting and funny; INBOX selected with four
+    messages whose UIDs skip after the second (UIDs 3 to 6 expunged)."""
+    for name in ("saved-messages", "meeting", "funny"):
+        client.ok(b"c CREATE " + name.encode())
+    inbox = server.store.folder(ALICE)
+    fill(inbox, 8)
+    inbox.expunge([3, 4, 5, 6])
+    client.ok(b"s SELECT INBOX")
+    saved, meeting, funny = (
+        server.store.folder(ALICE, n) for n in ("saved-messages", "meeting", "funny")
+    )
+    return {
+        "38505 3955": f"{saved.uid_validity} {saved.uid_next}",
+        "38505 304,319:320 3956:3958": f"{meeting.uid_validity} 2,7:8 1:3",
+        "305:310": "3:6",
+        "3857529045": str(funny.uid_validity),
+        "[HIGHESTMODSEQ]": f"[HIGHESTMODSEQ {funny.highest_modseq + 1}]",  # after A006's copy
+        "[COPYUID funny]": f"[COPYUID {funny.uid_validity} 2 1]",
+    }
 
 
 #: Why mailgw's EXPUNGE responses come in another order than the RFC's.
@@ -661,6 +701,70 @@ EXAMPLES = {
         reason='the RFC\'s two spaces after "." are a typo (one SP in the grammar); mailgw lists '
         "names in order (bar before foo); bar is no mailbox at all here (only bar.baz is), "
         "which IMAP4rev2 tells as \\NonExistent \\HasChildren (example 10)",
+    ),
+    "6.3.12-append-literal": Example(
+        """
+        C: A003 APPEND saved-messages (\\Seen) {326}
+        S: + Ready for literal data
+        C: Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)
+        C: From: Fred Foobar <foobar@Blurdybloop.example>
+        C: Subject: afternoon meeting
+        C: To: mooch@owatagu.siam.edu.example
+        C: Message-Id: <B27397-0100000@Blurdybloop.example>
+        C: MIME-Version: 1.0
+        C: Content-Type: TEXT/PLAIN; CHARSET=US-ASCII
+        C:
+        C: Hello Joe, do you think we can meet at 3:30 tomorrow?
+        C:
+        S: A003 OK APPEND completed
+        """,
+        saved_messages,
+        differs={"A003 OK APPEND completed": "A003 OK [APPENDUID]"},
+        reason="mailgw announces UIDPLUS, so APPEND answers APPENDUID (7.1)",
+    ),
+    "6.3.12-appenduid-copyuid": Example(
+        """
+        C: A003 APPEND saved-messages (\\Seen) {297+}
+        C: Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)
+        C: From: Fred Foobar <foobar@example.com>
+        C: Subject: afternoon meeting
+        C: To: mooch@example.com
+        C: Message-Id: <B27397-0100000@example.com>
+        C: MIME-Version: 1.0
+        C: Content-Type: TEXT/PLAIN; CHARSET=US-ASCII
+        C:
+        C: Hello Joe, do you think we can meet at 3:30 tomorrow?
+        C:
+        S: A003 OK [APPENDUID 38505 3955] APPEND completed
+        C: A004 COPY 2:4 meeting
+        S: A004 OK [COPYUID 38505 304,319:320 3956:3958] Done
+        C: A005 UID COPY 305:310 meeting
+        S: A005 OK No matching messages, so nothing copied
+        C: A006 COPY 2 funny
+        S: A006 OK Done
+        C: A007 SELECT funny
+        S: * 1 EXISTS
+        S: * OK [UIDVALIDITY 3857529045] Validity session-only
+        S: * OK [UIDNEXT 2] Predicted next UID
+        S: * NO [UIDNOTSTICKY] Non-persistent UIDs
+        S: * FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)
+        S: * OK [PERMANENTFLAGS (\\Deleted \\Seen)] Limited
+        S: * LIST () "." funny
+        S: A007 OK [READ-WRITE] SELECT completed
+        """,
+        append_copy,
+        choices={
+            "(\\Deleted \\Seen)]": "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)]",
+            '"." funny': '"." "funny"',
+        },
+        differs={
+            "A006 OK Done": "A006 OK [COPYUID funny]",
+            "* NO [UIDNOTSTICKY] Non-persistent UIDs": "* OK [CLOSED]\n* OK [HIGHESTMODSEQ]",
+        },
+        reason="the RFC's funny is a mailbox of non-persistent UIDs (UIDNOTSTICKY, hence no "
+        "COPYUID); mailgw's UIDs always persist.  A007 replaces the selected INBOX, so mailgw "
+        "says [CLOSED] first (6.3.2), and HIGHESTMODSEQ (it announces CONDSTORE)",
+        unordered=True,
     ),
     "6.4.8-uid-move": Example(
         """
