@@ -1,7 +1,15 @@
 """CONDSTORE and QRESYNC (RFC 7162) and ENABLE (RFC 5161), over real sockets: the RFC's examples
 replayed with the mailbox set up so their sequence numbers and UIDs come out; the numbers the
 server chooses (UIDVALIDITY, modseqs) are read from the store and put into the expected lines,
-which are then compared byte for byte, but for FETCH item order and human-readable texts."""
+which are then compared byte for byte, but for FETCH item order and human-readable texts.
+
+Examples replayed, by section of RFC 7162: 3.1.2.1 (A142, HIGHESTMODSEQ), 3.1.2.2 (no NOMODSEQ:
+every folder keeps modseqs), 3.1.3 (a103, d105, UNCHANGEDSINCE 0), 3.1.4.1 (FETCH MODSEQ),
+3.1.4.2 (s100, CHANGEDSINCE), 3.1.5 (SEARCH MODSEQ with an entry name, OR NOT MODSEQ), 3.1.8
+(SELECT (CONDSTORE)), 3.2.3 (ENABLE), 3.2.5 and 3.2.5.1 (A02 and A03, SELECT ... (QRESYNC ...)),
+3.2.5.2 (the known UIDs and sequence match), 3.2.6 (A02, UID FETCH ... VANISHED), 3.2.7 (A202,
+EXPUNGE answered with VANISHED), 3.2.10 (VANISHED in lieu of EXPUNGE).  3.2.5.2's B142 is
+replayed by its mechanism (``..._known_uids_and_sequence_match``): the RFC elides its answer."""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import socket
 
 import pytest
 from test_imap import ALICE, PASSWORD, message, read_until
+from test_imap_rfc3501 import next_uid
 
 from mailgw.imap import make_factory
 
@@ -393,4 +402,113 @@ def test_first_condstore_action_while_selected_reports_highestmodseq(connect, in
     assert client.run(b"b FETCH 2 (MODSEQ)") == [
         b"* 2 FETCH (MODSEQ (" + modseq(inbox, 2) + b"))",
         b"b OK FETCH completed",
+    ]
+
+
+# -- the examples of RFC 7162 3.1 and 3.2 not replayed above ---------------------------------
+
+
+def uids_at(inbox, uids) -> None:
+    """Messages with exactly ``uids`` (ascending; those between are skipped as used), none
+    \\Recent."""
+    for uid in uids:
+        next_uid(inbox, uid)
+        inbox.append(message(f"u{uid}"))
+    inbox.mark_seen_by_client(list(uids))
+
+
+def test_rfc7162_3_1_2_2_no_nomodseq(connect, server, inbox):
+    """RFC 7162 3.1.2.2: NOMODSEQ is for a mailbox that keeps no modseqs; every mailgw folder
+    keeps them, so SELECT of a new, empty one gives HIGHESTMODSEQ, never NOMODSEQ."""
+    server.store.create_folder(ALICE, "Empty")
+    lines = connect().run(b"A142 SELECT Empty")
+    assert not [line for line in lines if b"NOMODSEQ" in line]
+    highest = server.store.folder(ALICE, "Empty").highest_modseq
+    assert b"* OK [HIGHESTMODSEQ %d] Highest" % highest in lines
+
+
+def test_rfc7162_3_2_5_1_select_qresync_example(connect, server, inbox):
+    """RFC 7162 3.2.5.1 (A02, A03): with a UIDVALIDITY that does not match, a plain SELECT
+    (here of another folder, so that INBOX's \\Recent messages are left for A03); with the
+    right one, VANISHED (EARLIER) for the known UIDs expunged since the modseq and the
+    changed messages, only among the known UIDs (541 is the last known: the 54 messages
+    delivered after it since are not reported).  UIDs 1 to 40 and 212, 213 are unknown to the
+    client and still there; 100 messages, 11 \\Recent, 7 the first unseen, UIDNEXT 600, as in
+    the example.  The example's message numbers for UIDs 117, 119 and 541 (49, 50, 51) cannot
+    hold with its VANISHED set (at most 41 messages are left below UID 117), so here they are
+    42, 43 and 46: what the mailbox gives.  mailgw's flag lists are sorted."""
+    present = [*range(1, 41), 42, 117, 119, 212, 213, 541, *range(542, 596)]
+    for uid in range(1, 600):
+        inbox.append(message(f"u{uid}"), {"\\Seen"} if uid < 7 else ())
+    inbox.mark_seen_by_client(list(range(1, 585)))
+    validity, since = inbox.uid_validity, inbox.highest_modseq
+    inbox.expunge([uid for uid in range(1, 600) if uid not in present])
+    inbox.set_flags(117, {"\\Seen", "\\Answered"})
+    inbox.set_flags(119, {"\\Draft", "$MDNSent"})
+    inbox.set_flags(541, {"\\Seen", "$Forwarded"})
+    server.store.create_folder(ALICE, "Other")
+    other = server.store.folder(ALICE, "Other")
+    uids_at(other, range(1, 6))
+    other.expunge([2])
+    client = connect()
+    client.run(b"e ENABLE QRESYNC")
+    known = b"41:211,214:541"
+    lines = client.run(b"A02 SELECT Other (QRESYNC (%d %d 1:5))" % (other.uid_validity + 1, since))
+    assert not [line for line in lines if b"VANISHED" in line or b"FETCH" in line], lines
+    assert lines[0] == b"* 4 EXISTS" and lines[-1] == b"A02 OK [READ-WRITE] SELECT completed"
+    lines = client.run(b"A03 SELECT INBOX (QRESYNC (%d %d %s))" % (validity, since, known))
+    assert lines == [
+        b"* OK [CLOSED] Previous mailbox is now closed",
+        b"* 100 EXISTS",
+        b"* 11 RECENT",
+        b"* OK [UNSEEN 7] First unseen",
+        b"* OK [UIDVALIDITY %d] UIDs valid" % validity,
+        b"* OK [UIDNEXT 600] Predicted next UID",
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $MDNSent)",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded"
+        b" $MDNSent \\*)] Limited",
+        b"* OK [HIGHESTMODSEQ %d] Highest" % inbox.highest_modseq,
+        b"* VANISHED (EARLIER) 41,43:116,118,120:211,214:540",
+        b"* 42 FETCH (UID 117 FLAGS (\\Answered \\Seen) MODSEQ (" + modseq(inbox, 117) + b"))",
+        b"* 43 FETCH (UID 119 FLAGS ($MDNSent \\Draft) MODSEQ (" + modseq(inbox, 119) + b"))",
+        b"* 46 FETCH (UID 541 FLAGS ($Forwarded \\Seen) MODSEQ (" + modseq(inbox, 541) + b"))",
+        b"A03 OK [READ-WRITE] SELECT completed",
+    ]
+
+
+def test_rfc7162_3_2_6_uid_fetch_vanished_example(connect, inbox):
+    """RFC 7162 3.2.6: ``UID FETCH 300:500 (FLAGS) (CHANGEDSINCE m VANISHED)``: UIDs 300 to
+    310, 405 and 411 were expunged since m, 404, 406 and 408 changed; 407 did not.  mailgw
+    puts UID last (the order of FETCH items is free, RFC 3501 7.4.2) and sorts the flags."""
+    uids_at(inbox, [*range(300, 311), 404, 405, 406, 407, 408, 411])
+    since = inbox.highest_modseq
+    inbox.expunge([*range(300, 311), 405, 411])
+    inbox.set_flags(404, {"\\Seen"})
+    inbox.set_flags(406, {"\\Deleted"})
+    inbox.set_flags(408, {"$NoJunk", "$AutoJunk", "$MDNSent"})
+    client = connect()
+    client.run(b"A01 ENABLE QRESYNC")
+    client.run(b"s SELECT INBOX")
+    assert client.run(b"A02 UID FETCH 300:500 (FLAGS) (CHANGEDSINCE %d VANISHED)" % since) == [
+        b"* VANISHED (EARLIER) 300:310,405,411",
+        b"* 1 FETCH (FLAGS (\\Seen) MODSEQ (" + modseq(inbox, 404) + b") UID 404)",
+        b"* 2 FETCH (FLAGS (\\Deleted) MODSEQ (" + modseq(inbox, 406) + b") UID 406)",
+        b"* 4 FETCH (FLAGS ($AutoJunk $MDNSent $NoJunk) MODSEQ ("
+        + modseq(inbox, 408)
+        + b") UID 408)",
+        b"A02 OK FETCH completed",
+    ]
+
+
+def test_rfc7162_3_2_7_expunge_answered_with_vanished(connect, inbox):
+    """RFC 7162 3.2.7: with QRESYNC enabled, EXPUNGE of UIDs 405, 407, 410 and 425 is one
+    ``* VANISHED 405,407,410,425``."""
+    uids_at(inbox, range(401, 426))
+    client = connect()
+    client.run(b"e ENABLE QRESYNC")
+    client.run(b"s SELECT INBOX")
+    client.run(b"d UID STORE 405,407,410,425 +FLAGS.SILENT (\\Deleted)")
+    assert client.run(b"A202 EXPUNGE") == [
+        b"* VANISHED 405,407,410,425",
+        b"A202 OK EXPUNGE completed",
     ]
