@@ -6,10 +6,14 @@ which are then compared byte for byte, but for FETCH item order and human-readab
 Examples replayed, by section of RFC 7162: 3.1.2.1 (A142, HIGHESTMODSEQ), 3.1.2.2 (no NOMODSEQ:
 every folder keeps modseqs), 3.1.3 (a103, d105, UNCHANGEDSINCE 0), 3.1.4.1 (FETCH MODSEQ),
 3.1.4.2 (s100, CHANGEDSINCE), 3.1.5 (SEARCH MODSEQ with an entry name, OR NOT MODSEQ), 3.1.8
-(SELECT (CONDSTORE)), 3.2.3 (ENABLE), 3.2.5 and 3.2.5.1 (A02 and A03, SELECT ... (QRESYNC ...)),
+(SELECT (CONDSTORE)), 3.1.6 (A042, STATUS HIGHESTMODSEQ), 3.1.10 (ESEARCH with MODSEQ),
+3.2.3 (ENABLE), 3.2.5 and 3.2.5.1 (A02 and A03, SELECT ... (QRESYNC ...)),
 3.2.5.2 (the known UIDs and sequence match), 3.2.6 (A02, UID FETCH ... VANISHED), 3.2.7 (A202,
 EXPUNGE answered with VANISHED), 3.2.10 (VANISHED in lieu of EXPUNGE).  3.2.5.2's B142 is
-replayed by its mechanism (``..._known_uids_and_sequence_match``): the RFC elides its answer."""
+replayed by its mechanism (``..._known_uids_and_sequence_match``): the RFC elides its answer.
+Not replayed: 3.1.11's ESORT example (ESORT is not offered), and 3.1.3's examples of a STORE
+that the server MAY answer NO when another session expunged a message (mailgw stores what is
+still in the session's view)."""
 
 from __future__ import annotations
 
@@ -511,4 +515,33 @@ def test_rfc7162_3_2_7_expunge_answered_with_vanished(connect, inbox):
     assert client.run(b"A202 EXPUNGE") == [
         b"* VANISHED 405,407,410,425",
         b"A202 OK EXPUNGE completed",
+    ]
+
+
+def test_rfc7162_3_1_6_status_highestmodseq(connect, server):
+    """RFC 7162 3.1.6 (A042): STATUS HIGHESTMODSEQ beside MESSAGES and UIDNEXT (231 messages,
+    UIDNEXT 44292).  mailgw gives the items in the order asked."""
+    server.store.create_folder(ALICE, "blurdybloop")
+    blurdybloop = server.store.folder(ALICE, "blurdybloop")
+    next_uid(blurdybloop, 44292 - 231)
+    fill(blurdybloop, 231)
+    assert connect().run(b"A042 STATUS blurdybloop (MESSAGES UIDNEXT HIGHESTMODSEQ)") == [
+        b'* STATUS "blurdybloop" (MESSAGES 231 UIDNEXT 44292 HIGHESTMODSEQ %d)'
+        % blurdybloop.highest_modseq,
+        b"A042 OK STATUS completed",
+    ]
+
+
+def test_rfc7162_3_1_10_esearch_with_modseq(connect, inbox):
+    """RFC 7162 3.1.10 (with RFC 4731 3.2): an ESEARCH answer to a search with MODSEQ ends
+    with the highest modseq of the messages found, ``ALL 1:3,5 MODSEQ n``."""
+    fill(inbox, 6)
+    since = inbox.highest_modseq
+    for uid in (5, 1, 3, 2):
+        inbox.set_flags(uid, {"\\Seen"})
+    client = connect()
+    client.run(b"s SELECT INBOX (CONDSTORE)")
+    assert client.run(b"a SEARCH RETURN (ALL) MODSEQ %d" % (since + 1)) == [
+        b'* ESEARCH (TAG "a") ALL 1:3,5 MODSEQ ' + modseq(inbox, 2),
+        b"a OK SEARCH completed",
     ]
