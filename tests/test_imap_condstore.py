@@ -11,9 +11,11 @@ every folder keeps modseqs), 3.1.3 (a103, d105, UNCHANGEDSINCE 0), 3.1.4.1 (FETC
 3.2.5.2 (the known UIDs and sequence match), 3.2.6 (A02, UID FETCH ... VANISHED), 3.2.7 (A202,
 EXPUNGE answered with VANISHED), 3.2.10 (VANISHED in lieu of EXPUNGE).  3.2.5.2's B142 is
 replayed by its mechanism (``..._known_uids_and_sequence_match``): the RFC elides its answer.
-Not replayed: 3.1.11's ESORT example (ESORT is not offered), and 3.1.3's examples of a STORE
-that the server MAY answer NO when another session expunged a message (mailgw stores what is
-still in the session's view)."""
+Not replayed: 3.1.11's ESORT example (ESORT is not offered), 3.1.3's a104/c101/a102/a106 (their
+commands are not at hand here; the mechanisms are replayed by a103, d105 and d106), and 3.1.3's
+B001, a STORE answered NO [MODIFIED 2] after another session expunged message 2: mailgw
+answers OK there, the message being in the session's view until its EXPUNGE is told, and
+reports its last flags."""
 
 from __future__ import annotations
 
