@@ -1,18 +1,16 @@
 """ESEARCH (RFC 4731) and SEARCHRES (RFC 5182) over real sockets: each example of RFC 4731
 section 3.1 and of RFC 5182 section 2.4 (examples 1 to 10; RFC 9051 6.4.4.4 repeats them)
 replayed on a mailbox built so that the example's numbers come out, compared byte for byte
-after ``normalise`` (tests/test_imap_rfc3501.py: only the human-readable text of status
-responses and the values that are the server's own choice).  Also RFC 4731 3.2 (ESEARCH with a
-MODSEQ criterion), ``$`` where RFC 5182 3 allows a sequence set (SORT and THREAD too) and the
-BAD its grammar calls for."""
+after ``normalise`` (tests/test_imap_rfc3501.py, whose session and helpers these are: only the
+human-readable text of status responses and the values that are the server's own choice).
+Also RFC 4731 3.2 (ESEARCH with a MODSEQ criterion), ``$`` where RFC 5182 3 allows a sequence
+set (SORT and THREAD too) and the BAD its grammar calls for."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-from test_imap import ALICE, PASSWORD, message, read_until
-from test_imap_rfc3501 import next_uid, normalise
+from test_imap import ALICE, PASSWORD, message
+from test_imap_rfc3501 import Session, fill, lines, next_uid
 
 from mailgw.imap import make_factory
 
@@ -23,51 +21,12 @@ EARLIER = 631152000.0
 
 
 @pytest.fixture
-def port(server) -> int:
-    """Alice and an IMAP listener."""
+def imap(server):
+    """Alice, an IMAP listener and a logged-in raw session to it."""
     server.add_user(ALICE, PASSWORD)
-    return server.listen(make_factory)
-
-
-class Session:
-    """A raw logged-in connection; ``run`` sends lines and returns the answer's lines."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        read_until(self.sock, b"* OK")
-        assert b"l OK" in self.send(b"l LOGIN " + ALICE.encode() + b" " + PASSWORD.encode())
-
-    def send(self, *lines: bytes) -> bytes:
-        """Send ``lines`` in one write (pipelined); read up to the last one's tagged reply."""
-        self.sock.sendall(b"".join(line + b"\r\n" for line in lines))
-        return read_until(self.sock, lines[-1].split(b" ", 1)[0] + b" ")
-
-    def run(self, *lines: bytes) -> list[bytes]:
-        """``send``, the answer as normalised lines."""
-        return normalise(self.send(*lines))
-
-
-@pytest.fixture
-def imap(port):
-    """A logged-in raw session."""
-    session = Session(port)
+    session = Session(server.listen(make_factory))
     yield session
     session.sock.close()
-
-
-def fill(folder, count: int, **flags_of) -> None:
-    """``count`` messages from Bob (none \\Recent), internal date ``LATER``; ``flags_of`` maps a
-    flag's name (Seen, Flagged, Deleted, Junk for $Junk) to the message numbers that have it."""
-    names = {"Junk": "$Junk"}
-    for n in range(1, count + 1):
-        flags = {names.get(k, "\\" + k) for k, numbers in flags_of.items() if n in numbers}
-        folder.append(message(f"m{n}"), flags, LATER)
-    folder.mark_seen_by_client([info.uid for info in folder.messages()])
-
-
-def lines(*text: bytes) -> list[bytes]:
-    """Expected lines, normalised as the answers are."""
-    return normalise(b"".join(line + b"\r\n" for line in text))
 
 
 @pytest.fixture
