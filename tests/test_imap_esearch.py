@@ -1,5 +1,5 @@
 """ESEARCH (RFC 4731) and SEARCHRES (RFC 5182) over real sockets: each example of RFC 4731
-section 3.1 and of RFC 5182 section 2.4 (examples 1 to 10; RFC 9051 6.4.4.4 repeats them)
+section 3.1 and of RFC 5182 section 2.2 (examples 1 to 10; RFC 9051 6.4.4.4 repeats them)
 replayed on a mailbox built so that the example's numbers come out, compared byte for byte
 after ``normalise`` (tests/test_imap_rfc3501.py, whose session and helpers these are: only the
 human-readable text of status responses and the values that are the server's own choice).
@@ -125,7 +125,7 @@ def test_rfc4731_modseq_with_esearch(server, imap):
     )
 
 
-# -- RFC 5182 section 2.4 ------------------------------------------------------------------
+# -- RFC 5182 section 2.2 ------------------------------------------------------------------
 
 
 def flagged_at(server, count: int, flagged: dict) -> None:
@@ -147,7 +147,7 @@ FETCH_2_84_882 = [
 
 @pytest.mark.parametrize("pipelined", [False, True], ids=["example-1", "example-2-pipelined"])
 def test_rfc5182_examples_1_and_2_fetch_of_the_saved_result(server, imap, pipelined):
-    """RFC 5182 2.4 examples 1 and 2: SEARCH RETURN (SAVE) answers no SEARCH line; FETCH $
+    """RFC 5182 2.2 examples 1 and 2: SEARCH RETURN (SAVE) answers no SEARCH line; FETCH $
     fetches the messages found (2, 84, 882: UIDs 14, 100, 1115), alone or pipelined.  The
     example's ``(UID INTERNALDATE FLAGS RFC822.HEADER)`` is cut to UID and FLAGS: the RFC
     shows the lines' starts only."""
@@ -164,7 +164,7 @@ def test_rfc5182_examples_1_and_2_fetch_of_the_saved_result(server, imap, pipeli
 
 
 def test_rfc5182_example_3_saved_result_in_a_uid_search(server, imap):
-    """RFC 5182 2.4 example 3: ``UID $`` and plain ``$`` in UID SEARCH both name the saved
+    """RFC 5182 2.2 example 3: ``UID $`` and plain ``$`` in UID SEARCH both name the saved
     result (UIDs 17, 900, 901 small, 902 large, 1000 from Smith, 1001 too old)."""
     inbox = server.store.folder(ALICE)
     for uid, size, sender, date in (
@@ -186,7 +186,7 @@ def test_rfc5182_example_3_saved_result_in_a_uid_search(server, imap):
 
 
 def test_rfc5182_example_4_saved_result_or_numbers(server, imap):
-    """RFC 5182 2.4 example 4, scaled from 3021 messages to 12: ``(OR $ 1,10:11) TEXT`` with
+    """RFC 5182 2.2 example 4, scaled from 3021 messages to 12: ``(OR $ 1,10:11) TEXT`` with
     a UTF-8 literal (LITERAL+).  $ is 1, 3 and 6 to 12 (2 is too old, 4 and 5 are from
     Smith); the word is in 1, 3, 4, 6 and 10."""
     inbox = server.store.folder(ALICE)
@@ -206,7 +206,7 @@ def test_rfc5182_example_4_saved_result_or_numbers(server, imap):
 
 
 def test_rfc5182_example_5_a_failed_save_empties_the_result(server, imap):
-    """RFC 5182 2.4 example 5: a SEARCH RETURN (SAVE) answered NO (KOI8-R is not supported)
+    """RFC 5182 2.2 example 5: a SEARCH RETURN (SAVE) answered NO (KOI8-R is not supported)
     leaves $ empty, so FETCH $ fetches nothing.  mailgw's BADCHARSET lists the charsets it
     has, US-ASCII and UTF-8 (the example's server has UTF-8 only)."""
     fill(server.store.folder(ALICE), 3)
@@ -223,7 +223,7 @@ def test_rfc5182_example_5_a_failed_save_empties_the_result(server, imap):
 
 
 def test_rfc5182_examples_6_to_9_pipelined(server, imap):
-    """RFC 5182 2.4 examples 6 to 9.  6: COPY of an empty $ is OK, nothing copied.  7: COPY
+    """RFC 5182 2.2 examples 6 to 9.  6: COPY of an empty $ is OK, nothing copied.  7: COPY
     and STORE of $ pipelined after the SEARCH (mailgw's COPY OK carries COPYUID, UIDPLUS).
     8: two SEARCHes pipelined; mailgw answers them in order (the RFC lets a server answer the
     second first).  9: the second SAVE replaces the first."""
@@ -288,9 +288,10 @@ def test_rfc5182_examples_6_to_9_pipelined(server, imap):
     ids=["C282", "C283", "C284", "C285", "C286", "C286-all-save-min"],
 )
 def test_rfc5182_example_10_what_save_keeps(server, imap, tag, returns, answer, saved):
-    """RFC 5182 2.4 example 10: with MIN and/or MAX alone SAVE keeps only those, with ALL or
-    COUNT all that was found; without SAVE, $ is left as it was (here: 1).  The RFC's first
-    answer says TAG "C283" for C282, a slip: mailgw answers with the command's own tag."""
+    """RFC 5182 2.2 example 10 (the rules of 2.4): with MIN and/or MAX alone SAVE keeps only
+    those, with ALL or COUNT all that was found; without SAVE, $ is left as it was (here: 1).
+    The RFC's first answer says TAG "C283" for C282, a slip: mailgw answers with the command's
+    own tag."""
     fill(server.store.folder(ALICE), 22)
     inbox = server.store.folder(ALICE)
     for uid in (1, 3, 4, 5, 6, 7, 8, 9, 16, 17, 18, 19, 20, 22):
