@@ -353,9 +353,8 @@ def test_rfc4978_example_starttls_login_compress(tmp_path):
     """RFC 4978 section 3's example, replayed byte for byte after ``normalise``
     (tests/test_imap_rfc3501.py): the greeting announces COMPRESS=DEFLATE, STARTTLS, LOGIN
     inside TLS, then COMPRESS DEFLATE in lower case, and from then on everything is compressed
-    before being encrypted.  The example's user arnt is Alice; its tagged reply to c is tagged
-    "d", a slip: mailgw's carries the command's tag, c.  mailgw's LOGIN OK carries no
-    [CAPABILITY] (RFC 3501 allows either)."""
+    before being encrypted.  The example's user arnt is Alice; mailgw's LOGIN OK carries no
+    [CAPABILITY] (RFC 3501 allows either), and its CAPABILITY lists are its own."""
     srv = LiveServer(make_config(tmp_path / "strict", allow_plaintext=False))
     try:
         srv.add_user(ALICE, PASSWORD)
