@@ -4,14 +4,15 @@ server chooses (UIDVALIDITY, modseqs) are read from the store and put into the e
 which are then compared byte for byte, but for FETCH item order and human-readable texts.
 
 Examples replayed, by section of RFC 7162: 3.1.2.1 (A142, HIGHESTMODSEQ), 3.1.2.2 (no NOMODSEQ:
-every folder keeps modseqs), 3.1.3 (a103, d105, UNCHANGEDSINCE 0), 3.1.4.1 (FETCH MODSEQ),
-3.1.4.2 (s100, CHANGEDSINCE), 3.1.5 (SEARCH MODSEQ with an entry name, OR NOT MODSEQ), 3.1.8
-(SELECT (CONDSTORE)), 3.1.6 (A042, STATUS HIGHESTMODSEQ), 3.1.10 (ESEARCH with MODSEQ),
-3.2.3 (ENABLE), 3.2.5 and 3.2.5.1 (A02 and A03, SELECT ... (QRESYNC ...)),
+every folder keeps modseqs), 3.1.3 (a103, d105, UNCHANGEDSINCE 0), 3.1.4 (FETCH MODSEQ; s100,
+CHANGEDSINCE), 3.1.5 and 3.1.6 (SEARCH MODSEQ with an entry name, OR NOT MODSEQ, and the
+answer's (MODSEQ n)), 3.1.7 (A042, STATUS HIGHESTMODSEQ), 3.1.8 (SELECT (CONDSTORE)), 3.1.10
+(ESEARCH with MODSEQ), 3.2.3 (ENABLE), 3.2.5 and 3.2.5.1 (A02 and A03, SELECT ... (QRESYNC ...)),
 3.2.5.2 (the known UIDs and sequence match), 3.2.6 (A02, UID FETCH ... VANISHED), 3.2.7 (A202,
 EXPUNGE answered with VANISHED), 3.2.10 (VANISHED in lieu of EXPUNGE).  3.2.5.2's B142 is
 replayed by its mechanism (``..._known_uids_and_sequence_match``): the RFC elides its answer.
-Not replayed: 3.1.11's ESORT example (ESORT is not offered), 3.1.3's a104/c101/a102/a106 (their
+Not replayed: 3.1.10's SORT RETURN example (ESORT is not offered), 3.1.11's (a STORE of flags
+already set, whose modseq the server may leave), 3.1.3's a104/c101/a102/a106 (their
 commands are not at hand here; the mechanisms are replayed by a103, d105 and d106), and 3.1.3's
 B001, a STORE answered NO [MODIFIED 2] after another session expunged message 2: mailgw
 answers OK there, the message being in the session's view until its EXPUNGE is told, and
@@ -520,8 +521,8 @@ def test_rfc7162_3_2_7_expunge_answered_with_vanished(connect, inbox):
     ]
 
 
-def test_rfc7162_3_1_6_status_highestmodseq(connect, server):
-    """RFC 7162 3.1.6 (A042): STATUS HIGHESTMODSEQ beside MESSAGES and UIDNEXT (231 messages,
+def test_rfc7162_3_1_7_status_highestmodseq(connect, server):
+    """RFC 7162 3.1.7 (A042): STATUS HIGHESTMODSEQ beside MESSAGES and UIDNEXT (231 messages,
     UIDNEXT 44292).  mailgw gives the items in the order asked."""
     server.store.create_folder(ALICE, "blurdybloop")
     blurdybloop = server.store.folder(ALICE, "blurdybloop")
