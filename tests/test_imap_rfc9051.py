@@ -34,12 +34,6 @@ DEFAULTS = ("Sent", "Drafts", "Trash", "Junk", "Archive")
 _STATUS = re.compile(rb"(\S+ (?:OK|NO|BAD|BYE|PREAUTH))(?: (\[[^\]]*\]))?(?: .*)?")
 
 
-@pytest.fixture(autouse=True)
-def rev2_announced(monkeypatch):
-    """IMAP4rev2 announced (``session.IMAP4REV2``) for every test here."""
-    monkeypatch.setattr(imap_session, "IMAP4REV2", True)
-
-
 @pytest.fixture
 def port(server):
     """Alice and an IMAP listener."""

@@ -60,8 +60,8 @@ GREETING = b"mailgw IMAP4rev1 ready"
 #: store tells of this process's own at once).  A rescan of an unchanged folder is two stats.
 IDLE_CHECK_INTERVAL = 2.0
 #: Is IMAP4rev2 (RFC 9051) announced, and ENABLE IMAP4rev2 accepted?  IMAP4rev2 requires the
-#: FETCH side of BINARY (RFC 3516), so this stays off until BINARY is announced whole.
-IMAP4REV2 = False
+#: FETCH side of BINARY (RFC 3516), which is announced; a session sees rev2 only after ENABLE.
+IMAP4REV2 = True
 
 #: Commands valid in every state.
 _ANY = {c.Capability: auth.capability, c.Noop: auth.noop, c.Logout: auth.logout, c.Id: auth.id_}
