@@ -484,7 +484,7 @@ def test_6_3_10_status(server, imap):
     """6.3.10: STATUS of blurdybloop, 231 messages, UIDNEXT 44292.  mailgw gives the items in
     the order asked (UIDNEXT first), the example's server in its own: RFC 3501 sets no order
     (7.2.4: the response "returns ... the requested mailbox status information"), and asked
-    in the example's order mailgw answers the example's line exactly (A043)."""
+    in the example's order mailgw answers the example's line, its name quoted (A043)."""
     blurdybloop = folder(server, "blurdybloop")
     next_uid(blurdybloop, 44292 - 231)
     fill(blurdybloop, 231)
