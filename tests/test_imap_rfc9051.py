@@ -422,6 +422,37 @@ def append_copy(server, client) -> dict:
     }
 
 
+def hierarchy(folders=(), subscribed=(), missing=()) -> Callable:
+    """A setup: only INBOX and ``folders``, less ``missing`` (their children stay), with
+    exactly ``subscribed`` subscribed."""
+
+    def setup(server, client) -> dict:
+        client.only_inbox()
+        for name in folders:
+            client.ok(b"c CREATE " + name.encode())
+        for name in missing:
+            client.ok(b"d DELETE " + name.encode())
+        for name in subscribed:
+            client.ok(b"s SUBSCRIBE " + name.encode())
+        return {}
+
+    return setup
+
+
+#: Example 7's hierarchy (6.3.9.8), and how its names are written there -> here.
+_FOO = ("Foo", "Foo.Bar", "Foo.Baz", "Moo")
+_FOO_NAMES = {
+    '(\\Marked \\NoInferiors) "/" "inbox"': '() "." "INBOX"',
+    '"/" "Foo/Bar"': '"." "Foo.Bar"',
+    '"/" "Foo/Baz"': '"." "Foo.Baz"',
+    '"/"': '"."',
+}
+_INBOX_REASON = (
+    "mailgw's INBOX is an ordinary mailbox: no \\Marked, and children may be made under it "
+    "(no \\NoInferiors)"
+)
+
+
 #: Why mailgw's EXPUNGE responses come in another order than the RFC's.
 _DOWNWARDS = (
     "mailgw tells expunged messages from the highest number down, so each number stays that of "
@@ -695,6 +726,108 @@ EXAMPLES = {
         reason='the RFC\'s two spaces after "." are a typo (one SP in the grammar); mailgw lists '
         "names in order (bar before foo); bar is no mailbox at all here (only bar.baz is), "
         "which IMAP4rev2 tells as \\NonExistent \\HasChildren (example 10)",
+    ),
+    "6.3.9.8-example-7-hierarchy": Example(
+        """
+        C: C01 LIST "" "*"
+        S: * LIST (\\Marked \\NoInferiors) "/" "inbox"
+        S: * LIST () "/" "Foo"
+        S: * LIST () "/" "Foo/Bar"
+        S: * LIST () "/" "Foo/Baz"
+        S: * LIST () "/" "Moo"
+        S: C01 OK done
+        """,
+        hierarchy(_FOO),
+        choices=_FOO_NAMES,
+        reason=_INBOX_REASON,
+    ),
+    "6.3.9.8-example-7-children": Example(
+        """
+        C: CA3 LIST "" "%" RETURN (CHILDREN)
+        S: * LIST (\\Marked \\NoInferiors) "/" "inbox"
+        S: * LIST (\\HasChildren) "/" "Foo"
+        S: * LIST (\\HasNoChildren) "/" "Moo"
+        S: CA3 OK done
+        """,
+        hierarchy(_FOO),
+        choices=_FOO_NAMES,
+        differs={'* LIST () "." "INBOX"': '* LIST (\\HasNoChildren) "." "INBOX"'},
+        reason=_INBOX_REASON + "; so with CHILDREN it is \\HasNoChildren",
+    ),
+    "6.3.9.8-example-7a-childinfo": Example(
+        """
+        C: C02 LIST (SUBSCRIBED) "" "*"
+        S: * LIST (\\Subscribed) "/" "Foo/Baz"
+        S: C02 OK done
+        C: C04 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"
+        S: * LIST () "/" "Foo" ("CHILDINFO" ("SUBSCRIBED"))
+        S: C04 OK done
+        """,
+        hierarchy(_FOO, ["Foo.Baz"]),
+        choices=_FOO_NAMES,
+    ),
+    "6.3.9.8-example-7a1-subscribed-parent": Example(
+        """
+        C: C04 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"
+        S: * LIST (\\Subscribed) "/" "Foo" ("CHILDINFO"
+            ("SUBSCRIBED"))
+        S: C04 OK done
+        """,
+        hierarchy(_FOO, ["Foo", "Foo.Baz"]),
+        choices=_FOO_NAMES,
+    ),
+    "6.3.9.8-example-7a2-nonexistent-parent": Example(
+        """
+        C: C04 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"
+        S: * LIST (\\NonExistent) "/" "Foo" ("CHILDINFO"
+            ("SUBSCRIBED"))
+        S: C04 OK done
+        """,
+        hierarchy(_FOO, ["Foo.Baz"], missing=["Foo"]),
+        choices=_FOO_NAMES,
+    ),
+    "6.3.9.8-example-7b-nothing-subscribed": Example(
+        """
+        C: C04 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"
+        S: C04 OK done
+        """,
+        hierarchy(_FOO),
+    ),
+    "6.3.9.8-example-7c-children-subscribed": Example(
+        """
+        C: C04 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%" RETURN
+            (CHILDREN)
+        S: * LIST (\\HasChildren \\Subscribed) "/" "Foo"
+        S: * LIST (\\HasNoChildren \\Subscribed) "/" "Moo"
+        S: C04 OK done
+        """,
+        hierarchy(_FOO, ["Foo", "Moo"]),
+        choices=_FOO_NAMES,
+        differs={
+            '* LIST (\\HasChildren \\Subscribed) "." "Foo"': (
+                '* LIST (\\Subscribed \\HasChildren) "." "Foo"'
+            ),
+            '* LIST (\\HasNoChildren \\Subscribed) "." "Moo"': (
+                '* LIST (\\Subscribed \\HasNoChildren) "." "Moo"'
+            ),
+        },
+        reason="mailgw gives \\Subscribed first, as example 7 A1's second answer does "
+        "(attributes are a set, 6.3.9.3)",
+    ),
+    "6.3.9.8-example-9-childinfo-without-children": Example(
+        """
+        C: a1 LIST "" ("foo")
+        S: * LIST () "/" foo
+        S: a1 OK done
+        C: a2 LIST (SUBSCRIBED) "" "foo/*"
+        S: * LIST (\\Subscribed \\NonExistent) "/" foo/bar
+        S: a2 OK done
+        C: a3 LIST (SUBSCRIBED RECURSIVEMATCH) "" foo RETURN (CHILDREN)
+        S: * LIST (\\HasNoChildren) "/" foo ("CHILDINFO" ("SUBSCRIBED"))
+        S: a3 OK done
+        """,
+        hierarchy(["foo"], ["foo.bar"]),
+        choices={'"/" foo/bar': '"." "foo.bar"', '"/" foo': '"." "foo"', "foo/*": "foo.*"},
     ),
     "6.3.12-append-literal": Example(
         """
