@@ -550,7 +550,9 @@ def test_6_4_3_expunge(server, imap):
     """6.4.3: messages 3, 4, 7 and 11 deleted.  Each EXPUNGE numbers the mailbox as it is
     after the ones before (7.4.1); the example's server expunges from the lowest (3, 3, 5, 8),
     mailgw from the highest, so each number is the message's number before the command (11,
-    7, 4, 3): the same four messages, told as 7.4.1 requires."""
+    7, 4, 3): the same four messages; 7.4.1 describes both ("a 'higher to lower server' will
+    send successive untagged EXPUNGE responses for message sequence numbers 9, 8, 7, 6, and
+    5")."""
     inbox = server.store.folder(ALICE)
     fill(inbox, 12, Deleted={3, 4, 7, 11})
     imap.run(b"s SELECT INBOX")
