@@ -9,10 +9,8 @@ set (SORT and THREAD too) and the BAD its grammar calls for."""
 from __future__ import annotations
 
 import pytest
-from test_imap import ALICE, PASSWORD, message
-from test_imap_rfc3501 import Session, fill, lines, next_uid
-
-from mailgw.imap import make_factory
+from test_imap import ALICE, message
+from test_imap_rfc3501 import Session, fill, lines, listening, next_uid
 
 #: 2007-01-01, after every SINCE of the examples.
 LATER = 1167609600.0
@@ -23,8 +21,7 @@ EARLIER = 631152000.0
 @pytest.fixture
 def imap(server):
     """Alice, an IMAP listener and a logged-in raw session to it."""
-    server.add_user(ALICE, PASSWORD)
-    session = Session(server.listen(make_factory))
+    session = Session(listening(server))
     yield session
     session.sock.close()
 
