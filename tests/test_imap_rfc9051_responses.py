@@ -3,9 +3,9 @@ session (``imap_replay`` says what is normalised): the response codes mailgw can
 give, ENABLED, NAMESPACE, ESEARCH and FETCH with UID.
 
 Not replayed, as mailgw cannot be brought into their conditions: ALERT, the disk-full NO and
-BAD of 7.1.2/7.1.3, PREAUTH, CANNOT, CLIENTBUG, CONTACTADMIN, CORRUPTION, EXPIRED, HASCHILDREN,
-INUSE, LIMIT, NOPERM, OVERQUOTA, PRIVACYREQUIRED (tested in ``test_imap_tls``), SERVERBUG,
-UNAVAILABLE (``test_imap_store_failures``).
+BAD of 7.1.2/7.1.3, PREAUTH, CLIENTBUG, CONTACTADMIN, CORRUPTION, EXPIRED, INUSE, LIMIT (of
+flags), NOPERM, OVERQUOTA; PRIVACYREQUIRED is tested in ``test_imap``, SERVERBUG and UNAVAILABLE
+in ``test_imap_store_failures``.
 """
 
 from __future__ import annotations
@@ -157,6 +157,23 @@ EXAMPLES = {
         login=False,
         reason='the RFC elides the client\'s response ("..."); here it is the initial response '
         "(SASL-IR) of authorization identity admin, Alice's name and password",
+    ),
+    "7.1-cannot": Example(
+        """
+        C: l create "///////"
+        S: l NO [CANNOT] Adjacent slashes are not supported
+        """,
+        choices={"///////": "......."},
+    ),
+    "7.1-haschildren": Example(
+        """
+        C: m356 DELETE Notes
+        S: o356 NO [HASCHILDREN] Mailbox "Notes" has children
+        """,
+        folders("Notes", "Notes.Old"),
+        differs={'o356 NO [HASCHILDREN] Mailbox "Notes" has children': "m356 OK"},
+        reason="the RFC's tag o356 is a typo for m356; mailgw deletes a mailbox that has "
+        "children, which 6.3.5 permits (Notes.Old stays)",
     ),
     "7.1-expungeissued": Example(
         """
