@@ -85,21 +85,20 @@ def normalised(line: bytes) -> bytes:
     return line
 
 
-def fill(folder, count: int, flags: Callable[[int], set] = lambda n: set(), body=None) -> list:
-    """``count`` messages (not \\Recent), message n with ``flags(n)`` and, if ``body`` is given,
-    ``body(n)`` as its text; their UIDs."""
+def fill(folder, count: int, flags: Callable[[int], set] = lambda n: set()) -> list:
+    """``count`` messages (not \\Recent), message n with ``flags(n)``; their UIDs."""
     uids = []
     for n in range(1, count + 1):
-        text = body(n) if body is not None else "Hello.\r\n"
-        uids.append(folder.append(message(f"m{n}", text), flags=sorted(flags(n))))
+        uids.append(folder.append(message(f"m{n}"), flags=sorted(flags(n))))
     folder.mark_seen_by_client(uids)
     return uids
 
 
 @dataclass
 class Example:
-    """One RFC 9051 example: its transcript, the mailbox it needs (``setup(server, store)``
-    returns the values mailgw chose, as ``choices``), and where mailgw legitimately differs."""
+    """One RFC 9051 example: its transcript, the mailbox it needs (``setup(server, client)``
+    makes it and returns the values mailgw chose, as ``choices``), and where mailgw
+    legitimately differs."""
 
     transcript: str
     setup: Callable = lambda server, client: {}
@@ -108,6 +107,7 @@ class Example:
     #: RFC line (after ``choices``) -> mailgw's lines in its place ("" for none), for ``reason``.
     differs: dict = field(default_factory=dict)
     reason: str = ""
+    #: Compare the untagged responses of each command as a set (SELECT, EXAMINE)?
     unordered: bool = False
     #: Is IMAP4rev2 enabled before the transcript starts (it is unless the example does it)?
     rev2: bool = True

@@ -7,6 +7,8 @@ with ESEARCH (and the saved result), MOVE, UID EXPUNGE, IDLE.  LIST's are in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from imap_replay import (
     ALICE,
@@ -31,7 +33,7 @@ def caps_after_login(server, client) -> dict:
     return {"IMAP4rev2 ID LITERAL+ X-GOOD-IDEA": caps}
 
 
-def inbox_of(count: int, name: str = "INBOX", uidnext: str = "4392", validity="3857529045"):
+def inbox_of(count: int, name: str = "INBOX", uidnext="4392", validity="3857529045") -> Callable:
     """A setup: ``count`` messages in ``name`` (created unless INBOX)."""
 
     def setup(server, client) -> dict:
@@ -49,6 +51,7 @@ def inbox_of(count: int, name: str = "INBOX", uidnext: str = "4392", validity="3
 
 
 def select_closed(server, client) -> dict:
+    """6.3.2's second example: INBOX of 172 messages, Drafts of 5."""
     inbox, drafts = server.store.folder(ALICE), server.store.folder(ALICE, "Drafts")
     fill(inbox, 172)
     fill(drafts, 5)
