@@ -1,7 +1,8 @@
 """RFC 9051 (IMAP4rev2) examples of sections 6 and 8 that differ from RFC 3501's, replayed over
 a real socket after ``ENABLE IMAP4rev2`` (``imap_replay`` says what is normalised): ENABLE,
 SELECT and EXAMINE with their LIST line and [CLOSED], APPEND with APPENDUID, SEARCH answered
-with ESEARCH (and the saved result), MOVE, UID EXPUNGE, IDLE.  LIST's are in
+with ESEARCH (and the saved result), STORE (its FETCH answers have no UID), MOVE, UID EXPUNGE,
+IDLE.  LIST's are in
 ``test_imap_rfc9051_list``, the server responses of section 7 in ``test_imap_rfc9051_responses``.
 """
 
@@ -102,6 +103,15 @@ def saved_or(server, client) -> dict:
         says = n in (500, 882, 1102, 3003, 3005, 3006)
         letters.append((letter(n, sender, "мать" if says else "Hello."), set()))
     store_all(server.store.folder(ALICE), letters)
+    return {}
+
+
+@selected
+def store_box(server, client) -> dict:
+    """6.4.6's mailbox: message 2 \\Seen, 4 \\Flagged and \\Seen.  The FETCH answers of STORE
+    are no unsolicited ones, so IMAP4rev2 adds no UID to them (7.5.2)."""
+    flags = {2: {"\\Seen"}, 4: {"\\Flagged", "\\Seen"}}
+    fill(server.store.folder(ALICE), 5, lambda n: flags.get(n, set()))
     return {}
 
 
@@ -413,6 +423,16 @@ EXAMPLES = {
         "COPYUID); mailgw's UIDs always persist.  A007 replaces the selected INBOX, so mailgw "
         "says [CLOSED] first (6.3.2), and HIGHESTMODSEQ (it announces CONDSTORE)",
         unordered=True,
+    ),
+    "6.4.6-store-answers-without-uid": Example(
+        """
+        C: A003 STORE 2:4 +FLAGS (\\Deleted)
+        S: * 2 FETCH (FLAGS (\\Deleted \\Seen))
+        S: * 3 FETCH (FLAGS (\\Deleted))
+        S: * 4 FETCH (FLAGS (\\Deleted \\Flagged \\Seen))
+        S: A003 OK STORE completed
+        """,
+        store_box,
     ),
     "6.4.8-uid-move": Example(
         """
