@@ -140,3 +140,17 @@ def test_rev2_names_are_utf8(connect, server):
     )
     assert listed in b"\r\n".join(client.ok(b'x SELECT "' + name + b'"'))
     assert old.send(b'l LIST "" Entw*')[0] == b'* LIST () "." "Entw&APw-rfe"'
+
+
+def test_rev2_names_from_the_client_are_utf8_taken_literally(connect, server):
+    """RFC 9051 5.1: a rev2 client's mailbox names are UTF-8, so ``&`` is just a character
+    (``R&D`` is a folder named so, not a broken modified UTF-7 escape); a rev1 client's
+    ``R&D`` is still refused, and invalid UTF-8 from a rev2 client is BAD."""
+    client = connect()
+    client.ok(b"c CREATE R&D")
+    assert client.send(b'l LIST "" R*')[0] == b'* LIST () "." "R&D"'
+    old = connect(rev2=False)
+    assert old.send(b'l LIST "" R*')[0] == b'* LIST () "." "R&-D"'
+    assert old.send(b"c CREATE X&Y")[-1].startswith(b"c NO")
+    assert client.send(b'b CREATE "\xff\xfe"')[-1].startswith(b"b BAD")
+    assert client.send(b"n NOOP")[-1] == b"n OK NOOP completed"

@@ -348,7 +348,7 @@ class IMAPSession(Protocol, TimeoutMixin):
 
     def _command_received(self, data: bytes) -> None:
         try:
-            command = parse_command(data)
+            command = parse_command(data, self.rev2)
         except ParseError as error:
             self._tagged(error.tag, bad(error.reason.encode("utf-8", "replace")))
             return

@@ -95,9 +95,12 @@ class Reader:
     Methods named after a grammar rule read one such token at the cursor and move past it, or
     raise ``ParseError(tag, reason)`` with the ``reason`` their caller gives."""
 
-    __slots__ = ("data", "pos", "end", "tag")
+    __slots__ = ("data", "pos", "end", "tag", "utf8")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, utf8: bool = False) -> None:
+        """Read ``data``; mailbox names in UTF-8 if ``utf8`` (IMAP4rev2 enabled, RFC 9051
+        5.1), else in modified UTF-7."""
+        self.utf8 = utf8
         end = len(data)
         if data.endswith(b"\n"):
             end -= 2 if data.endswith(b"\r\n") else 1
@@ -286,6 +289,11 @@ class Reader:
         return self._decode_mailbox(self.match(_LIST_MAILBOX, reason))
 
     def _decode_mailbox(self, raw: bytes) -> str:
+        if self.utf8:
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self.fail("bad mailbox name: not UTF-8")
         try:
             return mutf7.decode(raw)
         except ValueError as error:

@@ -29,9 +29,11 @@ _LPAREN, _RPAREN, _QUOTE, _LBRACKET, _RBRACKET, _LT, _GT, _DOT, _TILDE = b'()"[]
 _DIGITS = frozenset(b"0123456789")
 
 
-def parse_command(data: bytes) -> c.Command:
-    """The command ``data`` holds (its line end included), or ParseError."""
-    reader = Reader(data)
+def parse_command(data: bytes, utf8_names: bool = False) -> c.Command:
+    """The command ``data`` holds (its line end included), or ParseError; mailbox names are
+    read as UTF-8 if ``utf8_names`` (a session that enabled IMAP4rev2), else as modified
+    UTF-7."""
+    reader = Reader(data, utf8_names)
     name = reader.head()
     tag = reader.tag
     if name == "UID":
