@@ -79,6 +79,21 @@ def fill(inbox, count: int) -> None:
     inbox.mark_seen_by_client(uids)
 
 
+#: The messages of RFC 7162 Example 15's answer, in the order ``drafts`` changes them.
+DRAFTS = (23, 5, 6, 2, 11, 12, 18, 19, 20, 7)
+
+
+def drafts(inbox) -> int:
+    """23 messages, then \\Draft set on the ten of RFC 7162 Example 15 (2 5 6 7 11 12 18 19
+    20 23), one by one in the order of ``DRAFTS``: 23's modseq is below 2's, 7's the highest.
+    The highest modseq before the changes."""
+    fill(inbox, 23)
+    since = inbox.highest_modseq
+    for n in DRAFTS:
+        inbox.set_flags(n, {"\\Draft"})
+    return since
+
+
 def holes(inbox) -> None:
     """Eight messages, UIDs 1, 2, 3 and 5 expunged: UIDs 4, 6, 7, 8 are messages 1 to 4, as in
     the examples of RFC 7162 3.1.3 and 3.1.4.2."""
