@@ -7,6 +7,7 @@ store calls run in threads; a read-only (EXAMINEd) mailbox answers ``NO [READ-ON
 
 from __future__ import annotations
 
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from mailgw.imap.mailbox import RECENT_CLAIMS
@@ -68,7 +69,9 @@ async def unselect(session, command: c.Unselect) -> Reply:
 
 
 async def expunge(session, command: c.Expunge) -> Reply:
-    """EXPUNGE every message flagged \\Deleted (UID EXPUNGE: only those of the UIDs given)."""
+    """EXPUNGE every message flagged \\Deleted (UID EXPUNGE: only those of the UIDs given);
+    with QRESYNC, when one went, the tagged OK carries the new HIGHESTMODSEQ (RFC 7162 3.2.7,
+    3.2.9)."""
     mailbox = session.mailbox
     uids = None
     if command.uids is not None:
@@ -81,14 +84,18 @@ async def expunge(session, command: c.Expunge) -> Reply:
     except Exception:
         return failed(Failure(), b"EXPUNGE")
     session.send(session.expunged_lines(numbers))
+    if numbers and session.qresync:
+        folder = mailbox.folder
+        highest = await deferToThread(lambda: folder.highest_modseq)
+        return ok(b"[HIGHESTMODSEQ %d] EXPUNGE completed" % highest)
     return ok(b"EXPUNGE completed")
 
 
 async def store(session, command: c.Store) -> Reply:
     """STORE [+-]FLAGS[.SILENT]; keywords are kept; NO on a read-only mailbox.  With
     UNCHANGEDSINCE (RFC 7162 3.1.3) the messages changed since are left alone and named in
-    ``[MODIFIED ...]``; once CONDSTORE is enabled each change is reported with its MODSEQ, even
-    with .SILENT."""
+    ``[MODIFIED ...]`` and every other one reported with its MODSEQ, even with .SILENT; once
+    CONDSTORE is enabled each change is reported with its MODSEQ, even with .SILENT."""
     if command.unchanged_since is not None:
         await session.condstore_action()
     mailbox = session.mailbox
@@ -109,7 +116,7 @@ async def store(session, command: c.Store) -> Reply:
         modseq = view.info(uid).modseq
         if not command.silent:
             out.append(session.flags_line(seq, uid, view.flags(uid), modseq, command.uid))
-        elif session.condstore and uid in result.changed:
+        elif session.condstore and (uid in result.changed or command.unchanged_since is not None):
             items = [b"UID %d" % uid] if command.uid or session.qresync else []
             out.append(r.fetch_response(seq, [*items, b"MODSEQ (%d)" % modseq]))
     session.send(b"".join(out))
