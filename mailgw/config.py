@@ -17,6 +17,7 @@ import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from mailgw.auth.cost import LoginCostSettings
 from mailgw.context import GuardSettings, Limits
 from mailgw.relay import SMARTHOST_TLS_MODES, RelaySettings
 
@@ -62,8 +63,9 @@ CAPPED_BY = {
     "sessions_per_user_ip": "sessions_per_user",
 }
 
-#: [guard] keys for which 0 is meaningful (no delay); every other number must be positive.
-ZERO_ALLOWED = frozenset({"delay_start", "delay_max"})
+#: Keys for which 0 is meaningful: [guard] delays (no delay), [auth] cache_ttl and cache_size
+#: (no cache); every other number must be positive.
+ZERO_ALLOWED = frozenset({"delay_start", "delay_max", "cache_ttl", "cache_size"})
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -101,6 +103,8 @@ class Config:
     recipient_delimiter: str = "+"
     limits: Limits = field(default_factory=Limits)
     guard: GuardSettings = field(default_factory=GuardSettings)
+    #: The verified-credentials cache and the hashing threads ([auth] cache_*, hash_threads).
+    login_cost: LoginCostSettings = field(default_factory=LoginCostSettings)
     #: Outbound mail: smarthost or direct MX delivery, TLS, retries ([relay]).
     relay: RelaySettings = field(default_factory=RelaySettings)
     #: The file this came from, for messages (None for the embedded default).
@@ -237,7 +241,11 @@ _SCHEMA = {
     ),
     "listen": SERVICES,
     "tls": ("certificate", "key"),
-    "auth": ("allow_plaintext", "allow_plaintext_schemes"),
+    "auth": (
+        "allow_plaintext",
+        "allow_plaintext_schemes",
+        *(f.name for f in fields(LoginCostSettings)),
+    ),
     "limits": tuple(f.name for f in fields(Limits)),
     "guard": tuple(f.name for f in fields(GuardSettings)),
     "relay": tuple(f.name for f in fields(RelaySettings)),
@@ -324,6 +332,7 @@ class _Reader:
             recipient_delimiter=self.recipient_delimiter(),
             limits=self.limits(),
             guard=self.guard(),
+            login_cost=self.login_cost(),
             relay=self.relay(),
             source=self.path,
         )
@@ -502,6 +511,11 @@ class _Reader:
         if values["delay_max"] < values["delay_start"]:
             raise self.fail("guard", "delay_max", "must not be less than delay_start")
         return GuardSettings(**values)
+
+    def login_cost(self) -> LoginCostSettings:
+        """[auth] cache_ttl, cache_size (0 disables the cache) and hash_threads (positive)."""
+        values = {f.name: self.number("auth", f.name, f.default) for f in fields(LoginCostSettings)}
+        return LoginCostSettings(**values)
 
     def relay(self) -> RelaySettings:
         """[relay]: the smarthost (host:port), its AUTH and TLS, certificate checks, retries."""

@@ -27,6 +27,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.mail.pop3 import IMailbox
 from twisted.mail.smtp import IMessageDelivery
@@ -36,6 +37,8 @@ from twisted.python.failure import Failure
 
 from mailgw import imap, pop3, smtp
 from mailgw.auth import (
+    CredentialsCache,
+    HashingPool,
     LoginGuard,
     MailRealm,
     PasswdFileUserDatabase,
@@ -68,12 +71,16 @@ class StartupError(Exception):
 
 
 def build_context(
-    config: Config, reactor: object, tls: CertificateOptions | None = None
+    config: Config,
+    reactor: object,
+    tls: CertificateOptions | None = None,
+    run_in_thread=deferToThread,
 ) -> ServerContext:
     """Create the data directories, the store, users, guard, realm, portal and TLS options.
 
     ``tls`` is the TLS options already read from the [tls] files; without it they are read (or
-    a certificate is generated into the data directory) here.
+    a certificate is generated into the data directory) here.  Passwords are checked through
+    ``run_in_thread`` (the service's HashingPool).
     """
     for directory in (config.data_dir, config.mail_dir, config.tmp_dir):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -104,7 +111,16 @@ def build_context(
         domains=frozenset(config.domains),
         store=store,
         users=users,
-        portal=build_portal(users, guard, realm, clock=reactor),
+        portal=build_portal(
+            users,
+            guard,
+            realm,
+            clock=reactor,
+            run_in_thread=run_in_thread,
+            cache=CredentialsCache(
+                config.login_cost.cache_ttl, config.login_cost.cache_size, clock=reactor
+            ),
+        ),
         tls=tls if tls is not None else load_or_create_tls(config),
         allow_plaintext=config.allow_plaintext,
         limits=config.limits,
@@ -234,6 +250,8 @@ class MailgwService(MultiService):
         self._privileged_uid = os.geteuid()
         #: Delivers the outbound queue; started once every listener is bound.
         self.relay: RelayScheduler | None = None
+        #: The threads passwords are checked on, [auth] hash_threads of them.
+        self.hashing = HashingPool(config.login_cost.hash_threads, reactor)
 
     def privilegedStartService(self) -> None:
         """Read the configured [tls] files and bind every listener; nothing is written."""
@@ -260,6 +278,7 @@ class MailgwService(MultiService):
             raise
         if not self.services:
             log.warn("No listener is configured: mailgw serves nothing ([listen] is empty)")
+        self.hashing.start()
         super().startService()
         listeners = list(self)
         waiting = [
@@ -303,7 +322,9 @@ class MailgwService(MultiService):
     def _build_context(self) -> ServerContext:
         """build_context, with its failures turned into one-line StartupErrors."""
         try:
-            return build_context(self.config, self.reactor, self._configured_tls)
+            return build_context(
+                self.config, self.reactor, self._configured_tls, run_in_thread=self.hashing
+            )
         except OSError as error:
             where = f": {error.filename}" if error.filename else ""
             raise StartupError(f"{error.strerror or error}{where}") from None
@@ -387,6 +408,7 @@ class MailgwService(MultiService):
         if self.relay is not None:
             self.relay.stop()
         stopped = super().stopService()
+        self.hashing.stop()
         try:
             _remove(self.config.ports_file)
         except OSError as error:

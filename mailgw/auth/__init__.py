@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from twisted.cred.portal import Portal
 from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
 
 from mailgw.auth.checker import PasswordChecker
+from mailgw.auth.cost import CredentialsCache, HashingPool, LoginCostSettings
 from mailgw.auth.credentials import ClientCredentials
 from mailgw.auth.errors import (
     InvalidAddress,
@@ -22,7 +24,10 @@ from mailgw.auth.userdb import PasswdFileUserDatabase
 
 __all__ = [
     "ClientCredentials",
+    "CredentialsCache",
+    "HashingPool",
     "InvalidAddress",
+    "LoginCostSettings",
     "LoginGuard",
     "MailRealm",
     "NoAvatarFactory",
@@ -36,6 +41,10 @@ __all__ = [
 ]
 
 
-def build_portal(users, guard, realm, clock=reactor) -> Portal:
-    """A Portal over ``realm`` with a PasswordChecker of ``users`` behind ``guard``."""
-    return Portal(realm, [PasswordChecker(users, guard, clock=clock)])
+def build_portal(
+    users, guard, realm, clock=reactor, run_in_thread=deferToThread, cache=None
+) -> Portal:
+    """A Portal over ``realm`` with a PasswordChecker of ``users`` behind ``guard``, hashing
+    through ``run_in_thread`` and remembering verified logins in ``cache`` (if given)."""
+    checker = PasswordChecker(users, guard, clock, run_in_thread, cache)
+    return Portal(realm, [checker])

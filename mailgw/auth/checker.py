@@ -3,8 +3,11 @@
 Every refusal looks the same to the client: ``UnauthorizedLogin("Authentication failed")`` after
 the guard's delay, whether the user is unknown, the password wrong or the client blocked (a
 blocked attempt's password is not even checked).  Hashing runs through ``run_in_thread``
-(``deferToThread``), so a burst of logins never stalls other sessions.  Each attempt is logged
-once, with the account and the client IP, never the password.
+(``deferToThread``, or the server's bounded ``HashingPool``), so a burst of logins never stalls
+other sessions.  With a ``CredentialsCache``, a password verified lately against the user's
+password field in force is accepted without hashing again; the guard is asked first all the
+same, and a cached success waits for the guard's delay as any success does.  Each attempt is
+logged once, with the account and the client IP, never the password.
 """
 
 from __future__ import annotations
@@ -41,11 +44,14 @@ class PasswordChecker:
 
     credentialInterfaces = (IUsernamePassword, IClientCredentials)
 
-    def __init__(self, users, guard, clock=reactor, run_in_thread=deferToThread) -> None:
+    def __init__(
+        self, users, guard, clock=reactor, run_in_thread=deferToThread, cache=None
+    ) -> None:
         self._users = users
         self._guard = guard
         self._clock = clock
         self._run_in_thread = run_in_thread
+        self._cache = cache
 
     def requestAvatarId(self, credentials) -> defer.Deferred:
         """Check the credentials; fire with the canonical address or fail UnauthorizedLogin."""
@@ -61,7 +67,14 @@ class PasswordChecker:
         account = address or name.strip().lower()[:MAX_ACCOUNT_KEY]
         if self._guard.is_blocked(client_ip, account):
             return self._refuse(client_ip, account, "blocked after repeated failures")
+        entry = None
+        if address is not None and self._cache is not None:
+            entry = self._users.password_entry(address)
+            if entry is not None and self._cache.verified(address, password, entry):
+                return self._checked(True, client_ip, account, address)
         d = self._run_in_thread(self._users.check_password, name, password)
+        if entry is not None:
+            d.addCallback(self._remember, address, password, entry)
         d.addCallbacks(
             self._checked,
             self._check_failed,
@@ -69,6 +82,12 @@ class PasswordChecker:
             errbackArgs=(client_ip, account),
         )
         return d
+
+    def _remember(self, ok: bool, address: str, password: bytes, entry: str) -> bool:
+        """Cache a success, if the password field it was checked against is still in force."""
+        if ok and self._users.password_entry(address) == entry:
+            self._cache.add(address, password, entry)
+        return ok
 
     def _checked(self, ok: bool, client_ip: str, account: str, address: str | None):
         """Answer after the password was verified (or not)."""

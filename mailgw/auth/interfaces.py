@@ -41,6 +41,10 @@ class IUserDatabase(Interface):
 
         An unknown user costs the same time as a wrong password."""
 
+    def password_entry(address: str) -> str | None:
+        """The user's stored password field (``{SCHEME}hash``) in force, None for an unknown
+        user or one who cannot log in; cheap (no hashing), and changed by every new password."""
+
     def add_user(address: str, password: bytes) -> None:
         """Add a user with an {ARGON2ID} hash; raise KeyError-like UserExists if present."""
 

@@ -113,6 +113,17 @@ class PasswdFileUserDatabase:
             return False
         return hashing.verify(account.scheme, account.stored, password)
 
+    def password_entry(self, address: str) -> str | None:
+        """The password field in force for this user (``{SCHEME}hash``), or None when the user
+        is unknown or cannot log in.  It changes whenever the user's password does."""
+        try:
+            account = self._current().accounts.get(canonical_address(address))
+        except InvalidAddress:
+            return None
+        if account is None or account.scheme is None:
+            return None
+        return "{" + account.scheme + "}" + account.stored
+
     def _current(self) -> _Snapshot:
         """The snapshot for the file as it is now, reloading it if it changed."""
         try:
