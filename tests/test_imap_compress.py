@@ -349,30 +349,64 @@ def test_mbsync_syncs_with_compression_on(mbsync_server, tmp_path, implicit_tls)
     assert len(files) == len(MESSAGES) == len(state)
 
 
+#: RFC 4978 section 3's greeting, as both its examples have it.
+RFC4978_GREETING = b"* OK [CAPABILITY IMAP4REV1 STARTTLS COMPRESS=DEFLATE]\r\n"
+
+
+def starttls_login(srv: LiveServer) -> Client:
+    """The first lines of RFC 4978 section 3's example: the greeting, ``a starttls`` (then
+    TLS), ``b login`` (Alice for the example's arnt), each answer compared after
+    ``normalise`` with the RFC's line; the client, in TLS and logged in."""
+    srv.add_user(ALICE, PASSWORD)
+    client = connect(srv.listen(make_factory))
+    assert normalise(client.greeting) == normalise(RFC4978_GREETING)
+    assert b" COMPRESS=DEFLATE " in client.greeting and b" STARTTLS " in client.greeting
+    client.send(b"a starttls\r\n")
+    assert normalise(client.read_until(b"a")) == normalise(b"a OK TLS active\r\n")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    client.sock = context.wrap_socket(client.sock)
+    client.send(f"b login {ALICE} {PASSWORD}\r\n".encode())
+    assert normalise(client.read_until(b"b")) == normalise(b"b OK Logged in as arnt\r\n")
+    return client
+
+
 def test_rfc4978_example_starttls_login_compress(tmp_path):
-    """RFC 4978 section 3's example, replayed byte for byte after ``normalise``
-    (tests/test_imap_rfc3501.py): the greeting announces COMPRESS=DEFLATE, STARTTLS, LOGIN
-    inside TLS, then COMPRESS DEFLATE in lower case, and from then on everything is compressed
-    before being encrypted.  The example's user arnt is Alice; mailgw's LOGIN OK carries no
-    [CAPABILITY] (RFC 3501 allows either), and its CAPABILITY lists are its own."""
+    """RFC 4978 section 3's first example, its lines compared after ``normalise``
+    (tests/test_imap_rfc3501.py; the capability lists are each server's own): STARTTLS, LOGIN
+    inside TLS, then ``c compress deflate`` in lower case, and from then on everything is
+    compressed before being encrypted.  The RFC answers ``d OK DEFLATE active`` to ``c``, a
+    slip: mailgw answers with the command's tag, ``c OK DEFLATE active``, the RFC's text."""
     srv = LiveServer(make_config(tmp_path / "strict", allow_plaintext=False))
     try:
-        srv.add_user(ALICE, PASSWORD)
-        client = connect(srv.listen(make_factory))
-        assert normalise(client.greeting) == [b"* OK [CAPABILITY ...] <text>"]
-        assert b" COMPRESS=DEFLATE " in client.greeting and b" STARTTLS " in client.greeting
-        client.send(b"a starttls\r\n")
-        assert normalise(client.read_until(b"a")) == [b"a OK <text>"]
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        client.sock = context.wrap_socket(client.sock)
-        client.send(f"b login {ALICE} {PASSWORD}\r\n".encode())
-        assert normalise(client.read_until(b"b")) == [b"b OK <text>"]
+        client = starttls_login(srv)
         client.send(b"c compress deflate\r\n")
         assert client.read_until(b"c") == b"c OK DEFLATE active\r\n"
         client.inflate = zlib.decompressobj(-15)
         client.deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        client.send(b"e noop\r\n")
+        assert client.read_until(b"e") == b"e OK NOOP completed\r\n"
+    finally:
+        srv.close()
+
+
+def test_rfc4978_example_refusing_to_compress_twice(tmp_path):
+    """RFC 4978 section 3's second example: ``c compress deflate`` when the same mechanism is
+    active already is ``c NO [COMPRESSIONACTIVE]`` ("it MUST send COMPRESSIONACTIVE").  The
+    RFC's server compresses in TLS; mailgw's TLS does not, so here DEFLATE is already on from
+    an earlier COMPRESS (the ``[...]`` of the example), and compression goes on."""
+    srv = LiveServer(make_config(tmp_path / "strict", allow_plaintext=False))
+    try:
+        client = starttls_login(srv)
+        client.send(b"x compress deflate\r\n")
+        assert client.read_until(b"x") == b"x OK DEFLATE active\r\n"
+        client.inflate = zlib.decompressobj(-15)
+        client.deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        client.send(b"c compress deflate\r\n")
+        assert normalise(client.read_until(b"c")) == normalise(
+            b"c NO [COMPRESSIONACTIVE] DEFLATE active via TLS\r\n"
+        )
         client.send(b"e noop\r\n")
         assert client.read_until(b"e") == b"e OK NOOP completed\r\n"
     finally:
