@@ -1,24 +1,24 @@
 """CONDSTORE and QRESYNC (RFC 7162) and ENABLE (RFC 5161), over real sockets: the RFC's examples
-replayed from its own text, with the mailbox set up so their sequence numbers and UIDs come
-out; the numbers the server chooses (UIDVALIDITY, modseqs) are read from the store and put
-into the expected lines, which are then compared byte for byte, but for FETCH item order and
+replayed from its own text, with the mailbox set up so their sequence numbers and UIDs come out;
+the numbers the server chooses (UIDVALIDITY, modseqs) are read from the store and put into the
+expected lines, which are then compared byte for byte, but for FETCH item order and
 human-readable texts (``normalise`` of tests/test_imap_rfc3501.py, or ``items``).
 
 Replayed, by section of RFC 7162 (its examples are numbered through section 3.1): 3.1.2.1
 Example 1 and 3.1.8 Example 18 (SELECT, with and without (CONDSTORE)), 3.1.2.2 (Example 2's
-NOMODSEQ is never sent: every folder keeps modseqs), 3.1.3 Examples 3 to 11 (a103, a104,
-c101, d105 both ways, a102, a106 with each case of another session's change, B001), 3.1.4.1
-Example 12 (s100, CHANGEDSINCE), 3.1.4.2 Examples 13 (FETCH MODSEQ) and 14 (sessions 1 and
-2), 3.1.5 and 3.1.6 Examples 15 and 16, 3.1.7 Example 17 (STATUS HIGHESTMODSEQ), 3.1.10
-Example 19 (ESEARCH with MODSEQ), 3.1.11's rule (it has no example), 3.2.3 (ENABLE), 3.2.5
-(A02, UIDVALIDITY mismatch), 3.2.5.1 (A03), 3.2.5.2 (A04 and B04 by their mechanism, on ten
-messages: the RFC elides their answers), 3.2.6 (UID FETCH ... VANISHED), 3.2.7 to 3.2.9
-(EXPUNGE, CLOSE, UID EXPUNGE and the HIGHESTMODSEQ of their OK) and 3.2.10 (VANISHED in lieu
-of EXPUNGE).  Not replayed: Example 20 (ESORT is not offered), Example 14's session 3 (no
-mailbox is shared with another user, and no flag is private).  Where mailgw answers
-otherwise than the example (an order the RFC leaves free, B001's OK where the RFC's NO is a
-MAY, Example 10's [MODIFIED] where 3.1.12's behaviour is a SHOULD), the test's docstring says
-why.  3.1.2.1, 3.1.3, 3.1.8, 3.1.11, Example 14, 3.2.5 and 3.2.7 to 3.2.9 are in
+NOMODSEQ is never sent: every folder keeps modseqs), 3.1.3 Examples 3 to 11 (a103, a104, c101,
+d105 both ways, a102, a106 with each case of another session's change, B001), 3.1.4.1 Example 12
+(s100, CHANGEDSINCE), 3.1.4.2 Examples 13 (FETCH MODSEQ) and 14 (sessions 1 and 2), 3.1.5 and
+3.1.6 Examples 15 and 16, 3.1.7 Example 17 (STATUS HIGHESTMODSEQ), 3.1.10 Example 19 (ESEARCH
+with MODSEQ), 3.1.11's rule (it has no example), 3.2.3 (ENABLE), 3.2.5 (A02, UIDVALIDITY
+mismatch), 3.2.5.1 (A03), 3.2.5.2 (A04 and B04 by their mechanism, on ten messages: the RFC
+elides their answers), 3.2.6 (UID FETCH ... VANISHED), 3.2.7 to 3.2.9 (EXPUNGE, CLOSE, UID
+EXPUNGE and the HIGHESTMODSEQ of their OK) and 3.2.10 (VANISHED in lieu of EXPUNGE; 3.2.10.2's
+example). Not replayed: Example 20 (ESORT is not offered), Example 14's session 3 (no mailbox is
+shared with another user, and no flag is private). Where mailgw answers otherwise than the
+example (an order the RFC leaves free, B001's OK where the RFC's NO is a MAY, Example 10's
+[MODIFIED] where 3.1.12's behaviour is a SHOULD), the test's docstring says why. 3.1.2.1, 3.1.3,
+3.1.8, 3.1.11, Example 14, 3.2.5, 3.2.7 to 3.2.9 and 3.2.10.2 are in
 tests/test_imap_condstore_examples.py."""
 
 from __future__ import annotations

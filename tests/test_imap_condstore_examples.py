@@ -1,9 +1,10 @@
-"""RFC 7162's examples of STORE (3.1.3, 3.1.11), of SELECT's answer whole (Examples 1 and 18),
-of two sessions' flag changes (Example 14) and of 3.2.5's UIDVALIDITY mismatch and EXPUNGE,
-UID EXPUNGE and CLOSE (3.2.7 to 3.2.9), replayed from the RFC's own text over real sockets, as
-tests/test_imap_condstore.py replays the others (whose fixtures and helpers these are, and
-whose docstring lists every example covered): the server's numbers (UIDVALIDITY, modseqs) are
-the store's, FETCH items compared in any order, texts after ``normalise``."""
+"""RFC 7162's examples of STORE (3.1.3, 3.1.11), of SELECT's answer whole (Examples 1 and 18), of
+two sessions' flag changes (Example 14) and of 3.2.5's UIDVALIDITY mismatch and EXPUNGE, UID
+EXPUNGE and CLOSE (3.2.7 to 3.2.9) and 3.2.10.2's VANISHED, replayed from the RFC's own text
+over real sockets, as tests/test_imap_condstore.py replays the others (whose fixtures and
+helpers these are, and whose docstring lists every example covered): the server's numbers
+(UIDVALIDITY, modseqs) are the store's, FETCH items compared in any order, texts after
+``normalise``."""
 
 from __future__ import annotations
 
@@ -322,3 +323,25 @@ def test_rfc7162_3_2_7_to_3_2_9_expunge_uid_expunge_close(connect, server, inbox
     qresync.run(b"d STORE 1 +FLAGS.SILENT (\\Deleted)")
     assert qresync.run(b"A202 CLOSE") == [b"A202 OK CLOSE completed"]
     assert [info.uid for info in inbox.messages()][0] == 402
+
+
+def test_rfc7162_3_2_10_2_vanished_tells_only_what_is_new(connect, inbox):
+    """RFC 7162 3.2.10.2's example: messages 1 to 11 with UIDs x, 504, 505, 507, 508, x, 510,
+    x, x, x, 625; 3, 4, 7 and 11 \\Deleted, then 504 and 508: each VANISHED names only the
+    UIDs expunged since the last.  The RFC's OKs here carry no HIGHESTMODSEQ; mailgw's do, as
+    3.2.7's MUST has it ("the server MUST send the updated per-mailbox modification sequence
+    using the HIGHESTMODSEQ response code ... in the tagged OK response")."""
+    uids_at(inbox, (1, 504, 505, 507, 508, 509, 510, 520, 521, 522, 625))
+    client = connect()
+    client.run(b"e ENABLE QRESYNC")
+    client.run(b"s SELECT INBOX")
+    client.run(b"d STORE 3,4,7,11 +FLAGS.SILENT (\\Deleted)")
+    assert client.run(b"A202 EXPUNGE") == [
+        b"* VANISHED 505,507,510,625",
+        b"A202 OK [HIGHESTMODSEQ %d] EXPUNGE completed" % inbox.highest_modseq,
+    ]
+    client.run(b"d UID STORE 504,508 +FLAGS.SILENT (\\Deleted)")
+    assert client.run(b"A210 EXPUNGE") == [
+        b"* VANISHED 504,508",
+        b"A210 OK [HIGHESTMODSEQ %d] EXPUNGE completed" % inbox.highest_modseq,
+    ]
