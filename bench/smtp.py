@@ -8,6 +8,10 @@ All servers run as their own processes on loopback, side by side in one invocati
 - ``aiosmtpd+thr``: the same handler run in a worker thread (``asyncio.to_thread``), so that
   the fsyncs of concurrent sessions overlap and do not stop the event loop: the stronger
   baseline;
+- ``Postfix``: Debian's Postfix, a private instance started here (``bench/smtp_postfix.py``),
+  delivering into a Maildir; its 250 comes once ``cleanup`` has fsync'd the queue file.  After
+  each of its runs the bench waits, untimed, until it has delivered everything, so that its
+  deliveries do not run during the next server's turn.  Needs root; skipped otherwise;
 - ``mailgw``: a real ``twistd -n mailgw`` (its 250 comes only after the message file, its index
   line and its directory entry are on disk).
 
@@ -16,12 +20,13 @@ messages one after another (MAIL, RCPT, DATA, wait for 250; no pipelining), the 
 code for every server.  For 2 KB and 100 KB messages at 1 and 16 clients, each configuration
 runs for a fixed time per server, servers taking turns, several times; the table shows the
 medians over the runs of messages/s and of the p50/p99 latency (MAIL sent to 250 received)
-and the ratios of mailgw's messages/s to each baseline's.
+and the ratios of mailgw's messages/s to each baseline's, then issue 12's targets.
 
     .venv/bin/python bench/smtp.py [--quick] [--runs R] [--seconds S] [--dir DIR]
 
-Needs the ``bench`` extra (``pip install -e '.[bench]'``) for aiosmtpd.  About 2.5 minutes;
-``--quick`` (one 1.5 s run per configuration) about 30 s.
+Needs the ``bench`` extra (``pip install -e '.[bench]'``) for aiosmtpd, and ``postfix`` (Debian)
+run as root for the Postfix baseline.  About 4 minutes; ``--quick`` (one 1.5 s run per
+configuration) about 45 s.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+import smtp_postfix  # noqa: E402
 from mailgw_process import ServerProcess, mailgw, write_config  # noqa: E402
 
 SENDER = "load@sender.test"
@@ -284,7 +292,8 @@ def machine() -> str:
         pass
     return (
         f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-        f"Twisted {twisted.__version__}, aiosmtpd {aiosmtpd.__version__}"
+        f"Twisted {twisted.__version__}, aiosmtpd {aiosmtpd.__version__}, "
+        f"Postfix {smtp_postfix.version()}"
     )
 
 
@@ -312,6 +321,7 @@ def main() -> None:
     if args.quick:
         args.runs, args.seconds = 1, 1.5
     base = Path(tempfile.mkdtemp(prefix="mailgw-bench-", dir=args.dir))
+    base.chmod(0o755)  # Postfix's virtual(8) delivers as nobody under it
     try:
         bench(base, args.runs, args.seconds)
     finally:
@@ -325,20 +335,29 @@ def bench(base: Path, runs: int, seconds: float) -> None:
     added = mailgw(config, "user", "add", RECIPIENT, "--password-stdin", stdin="bench")
     if added.returncode != 0:
         raise SystemExit(added.stderr)
+    missing = smtp_postfix.available()
+    postfix = None if missing else smtp_postfix.Postfix(base / "postfix", RECIPIENT)
     print(f"machine: {machine()}")
     print(f"data:    {base} ({filesystem(base)})")
-    print(f"runs:    {runs} x {seconds:g} s per server and configuration, medians shown\n")
+    print(f"runs:    {runs} x {seconds:g} s per server and configuration, medians shown")
+    print(f"load average at the start: {_load()}\n")
+    if missing:
+        print(f"Postfix left out: {missing}\n")
     baselines = []
     for mode in BASELINES:
         (base / mode).mkdir()
         baselines.append(BaselineProcess(mode, base / mode))
     server = ServerProcess(config)
     rows = []
+    drained = 0.0
     try:
         for baseline in baselines:
             baseline.start()
+        servers = [(b.mode, b.port) for b in baselines]
+        if postfix is not None:
+            servers.append(("Postfix", postfix.start().port))
         server.start()
-        servers = [(b.mode, b.port) for b in baselines] + [("mailgw", server.ports["smtp"])]
+        servers.append(("mailgw", server.ports["smtp"]))
         for label, size in SIZES:
             message = make_message(size)
             for clients in CLIENTS:
@@ -347,12 +366,24 @@ def bench(base: Path, runs: int, seconds: float) -> None:
                     for name, port in servers:
                         result = asyncio.run(run_load(port, message, clients, seconds))
                         results[name].append(result)
+                        if name == "Postfix":
+                            drained = max(drained, postfix.drain())
                 rows.append((label, clients, {n: _median(r) for n, r in results.items()}))
     finally:
         for baseline in baselines:
             baseline.stop()
+        if postfix is not None:
+            postfix.stop()
         server.stop()
     _print_table(rows)
+    if postfix is not None:
+        print(f"Postfix: delivering its backlog after a run took at most {drained:.1f} s (untimed)")
+    _print_targets(rows)
+    print(f"load average at the end: {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _median(results: list[Result]) -> Result:
@@ -379,6 +410,34 @@ def _print_table(rows: list) -> None:
             )
             print(line.rstrip())
     print("\nmailgw/server: mailgw's messages/s divided by that server's")
+
+
+#: Issue 12's targets: clients -> (server, least ratio of mailgw's messages/s to its).
+TARGETS = {16: (("Postfix", 2.0), ("aiosmtpd+thr", 1.5)), 1: (("Postfix", 1.5),)}
+P99_TARGET = 50.0  # ms, at 16 clients
+
+
+def _print_targets(rows: list) -> None:
+    print("\nissue 12's targets:")
+    for label, clients, by in rows:
+        mailgw_result = by["mailgw"]
+        checks = [
+            (
+                f"{mailgw_result.rate / by[name].rate:.2f}x {name} (>= {least:g}x)",
+                mailgw_result.rate / by[name].rate >= least,
+            )
+            for name, least in TARGETS[clients]
+            if name in by
+        ]
+        if clients == 16:
+            checks.append(
+                (
+                    f"p99 {mailgw_result.p99:.1f} ms (< {P99_TARGET:g})",
+                    mailgw_result.p99 < P99_TARGET,
+                )
+            )
+        text = "; ".join(f"{what} {'met' if met else 'NOT met'}" for what, met in checks)
+        print(f"  {label:>6}, {clients:>2} client{'s' if clients > 1 else ' '}: {text}")
 
 
 if __name__ == "__main__":
