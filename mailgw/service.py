@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def build_context(
     config: Config,
     reactor: object,
     tls: CertificateOptions | None = None,
-    run_in_thread=deferToThread,
+    run_in_thread: Callable[..., Deferred] = deferToThread,
 ) -> ServerContext:
     """Create the data directories, the store, users, guard, realm, portal and TLS options.
 

@@ -140,9 +140,16 @@ def test_concurrent_logins_never_hash_more_than_hash_threads_at_once(monkeypatch
         assert server._service.hashing.threads == 2
         with ThreadPoolExecutor(len(users)) as pool:
             results = list(pool.map(lambda u: pop_login(server.pop3_port, u, "pw"), users))
+        assert len(_hashing_threads()) == 2
+    assert _hashing_threads() == []  # stopped with the server
     assert results == [True] * len(users)
     assert counter.calls == len(users)
     assert counter.most <= 2
+
+
+def _hashing_threads() -> list[str]:
+    """The names of the hashing pool's live threads."""
+    return [t.name for t in threading.enumerate() if "mailgw-hashing" in t.name]
 
 
 # -- on the checker, with a fake clock ---------------------------------------------------------
