@@ -7,7 +7,10 @@ while: ``CredentialsCache`` keeps an HMAC-SHA256, under a key drawn at random wh
 starts, over the canonical address, the password and the user's password field in force.  A
 later login with the same password, while that field is unchanged, is then answered without
 hashing.  A changed password (a new line in the passwd-file) changes the key, so the old
-password stops working at once; failures are never cached and never evict anything.
+password stops working at once; failures are never cached and never evict anything.  The
+price: whoever can read the server's memory has the key too, and can test guesses against a
+cached login at SHA-256 speed instead of Argon2id's, which is why entries expire
+(``cache_ttl``) and ``cache_size = 0`` turns the cache off.
 
 Hashing itself runs on ``HashingPool``, a thread pool of its own with ``hash_threads`` threads,
 so at most that many hashes are computed at once, and the memory they take stays bounded by
