@@ -23,6 +23,9 @@ medians over the runs of messages/s and of the p50/p99 latency (MAIL sent to 250
 and the ratios of mailgw's messages/s to each baseline's, then issue 12's targets.
 
     .venv/bin/python bench/smtp.py [--quick] [--runs R] [--seconds S] [--dir DIR]
+        [--baselines aiosmtpd,aiosmtpd+thr,Postfix] [--clients 1,16] [--sizes 2,100]
+
+``--baselines=`` runs mailgw alone (its twistd's pid is printed, for ``py-spy`` or ``strace``).
 
 Needs the ``bench`` extra (``pip install -e '.[bench]'``) for aiosmtpd, and ``postfix`` (Debian)
 run as root for the Postfix baseline.  About 4 minutes; ``--quick`` (one 1.5 s run per
@@ -55,14 +58,13 @@ from mailgw_process import ServerProcess, mailgw, write_config  # noqa: E402
 
 SENDER = "load@sender.test"
 RECIPIENT = "alice@example.test"
-SIZES = (("2 KB", 2 * 1024), ("100 KB", 100 * 1024))
-CLIENTS = (1, 16)
 
 
 # -- the baseline servers (in a subprocess: ``smtp.py --serve-baseline MODE MAILDIR PORT_FILE``)
 
 #: Baseline name -> does its handler store in a worker thread?
 BASELINES = {"aiosmtpd": False, "aiosmtpd+thr": True}
+ALL_BASELINES = (*BASELINES, "Postfix")
 
 
 class MaildirHandler:
@@ -312,6 +314,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per configuration (median)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each run")
     parser.add_argument("--dir", type=Path, help="where the servers keep their data")
+    parser.add_argument(
+        "--baselines",
+        default=",".join(ALL_BASELINES),
+        help="comma-separated baselines beside mailgw (empty: mailgw alone, to profile it)",
+    )
+    parser.add_argument("--clients", default="1,16", help="comma-separated client counts")
+    parser.add_argument("--sizes", default="2,100", help="comma-separated message sizes in KB")
     parser.add_argument("--serve-baseline", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_baseline:
@@ -320,23 +329,56 @@ def main() -> None:
         return
     if args.quick:
         args.runs, args.seconds = 1, 1.5
+    chosen = [name for name in args.baselines.split(",") if name]
+    if unknown := set(chosen) - set(ALL_BASELINES):
+        parser.error(f"unknown baselines {sorted(unknown)}: choose from {', '.join(ALL_BASELINES)}")
+    plan = Plan(
+        args.runs,
+        args.seconds,
+        chosen,
+        [(f"{kb} KB", kb * 1024) for kb in _numbers(parser, args.sizes)],
+        _numbers(parser, args.clients),
+    )
     base = Path(tempfile.mkdtemp(prefix="mailgw-bench-", dir=args.dir))
     base.chmod(0o755)  # Postfix's virtual(8) delivers as nobody under it
     try:
-        bench(base, args.runs, args.seconds)
+        bench(base, plan)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def bench(base: Path, runs: int, seconds: float) -> None:
-    """Start every server under ``base`` and measure every configuration."""
+def _numbers(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    try:
+        numbers = [int(item) for item in text.split(",")]
+    except ValueError:
+        parser.error(f"not a comma-separated list of numbers: {text!r}")
+    if any(n < 1 for n in numbers):
+        parser.error(f"every number must be at least 1: {text!r}")
+    return numbers
+
+
+@dataclass
+class Plan:
+    """What to measure: runs per configuration, seconds per run, baselines, sizes, clients."""
+
+    runs: int
+    seconds: float
+    baselines: list[str]
+    sizes: list[tuple[str, int]]
+    clients: list[int]
+
+
+def bench(base: Path, plan: Plan) -> None:
+    """Start the servers of ``plan`` under ``base`` and measure every configuration."""
+    runs, seconds = plan.runs, plan.seconds
     (base / "mailgw" / "data").mkdir(parents=True)
     config = write_config(base / "mailgw", services=("smtp",))
     added = mailgw(config, "user", "add", RECIPIENT, "--password-stdin", stdin="bench")
     if added.returncode != 0:
         raise SystemExit(added.stderr)
-    missing = smtp_postfix.available()
-    postfix = None if missing else smtp_postfix.Postfix(base / "postfix", RECIPIENT)
+    missing = smtp_postfix.available() if "Postfix" in plan.baselines else None
+    wanted = "Postfix" in plan.baselines and not missing
+    postfix = smtp_postfix.Postfix(base / "postfix", RECIPIENT) if wanted else None
     print(f"machine: {machine()}")
     print(f"data:    {base} ({filesystem(base)})")
     print(f"runs:    {runs} x {seconds:g} s per server and configuration, medians shown")
@@ -344,7 +386,7 @@ def bench(base: Path, runs: int, seconds: float) -> None:
     if missing:
         print(f"Postfix left out: {missing}\n")
     baselines = []
-    for mode in BASELINES:
+    for mode in (m for m in BASELINES if m in plan.baselines):
         (base / mode).mkdir()
         baselines.append(BaselineProcess(mode, base / mode))
     server = ServerProcess(config)
@@ -357,10 +399,11 @@ def bench(base: Path, runs: int, seconds: float) -> None:
         if postfix is not None:
             servers.append(("Postfix", postfix.start().port))
         server.start()
+        print(f"mailgw's twistd: pid {server.process.pid}\n", flush=True)
         servers.append(("mailgw", server.ports["smtp"]))
-        for label, size in SIZES:
+        for label, size in plan.sizes:
             message = make_message(size)
-            for clients in CLIENTS:
+            for clients in plan.clients:
                 results: dict[str, list[Result]] = {name: [] for name, _ in servers}
                 for _ in range(runs):
                     for name, port in servers:
@@ -420,6 +463,8 @@ P99_TARGET = 50.0  # ms, at 16 clients
 def _print_targets(rows: list) -> None:
     print("\nissue 12's targets:")
     for label, clients, by in rows:
+        if clients not in TARGETS or label not in ("2 KB", "100 KB"):
+            continue
         mailgw_result = by["mailgw"]
         checks = [
             (
