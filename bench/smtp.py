@@ -378,7 +378,10 @@ def bench(base: Path, plan: Plan) -> None:
         raise SystemExit(added.stderr)
     missing = smtp_postfix.available() if "Postfix" in plan.baselines else None
     wanted = "Postfix" in plan.baselines and not missing
-    postfix = smtp_postfix.Postfix(base / "postfix", RECIPIENT) if wanted else None
+    try:
+        postfix = smtp_postfix.Postfix(base / "postfix", RECIPIENT) if wanted else None
+    except RuntimeError as error:
+        raise SystemExit(f"Postfix cannot run here: {error}") from None
     print(f"machine: {machine()}")
     print(f"data:    {base} ({filesystem(base)})")
     print(f"runs:    {runs} x {seconds:g} s per server and configuration, medians shown")
