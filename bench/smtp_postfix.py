@@ -14,7 +14,8 @@ What it is set to, against Postfix's defaults (everything else is Postfix's defa
 - the bench's domain as a virtual mailbox domain, its one address mapped to a Maildir (a
   ``hash:`` map made by ``postmap``), delivered as ``nobody``: no system user needed;
 - no DNS (``smtp_dns_support_level = disabled``; nothing is relayed anyway), ``myhostname``
-  given so that Postfix does not look up its own name;
+  given so that Postfix does not look up its own name, no alias maps (``/etc/aliases`` is the
+  system's), ``mynetworks`` only loopback;
 - durability as Postfix ships it: ``cleanup(8)`` fsyncs the queue file before ``smtpd`` sends
   its ``250``, the point mailgw's ``250`` is compared with; delivery into the Maildir follows
   asynchronously (``in_flow_delay`` = 1 s, the default, slows ``smtpd`` when arrival outruns
@@ -175,10 +176,6 @@ virtual_gid_maps = static:{owner.pw_gid}
                 raise RuntimeError(f"postfix still holds {self.queued()} messages: {self.log()}")
             time.sleep(0.05)
         return time.monotonic() - began
-
-    def delivered(self) -> int:
-        """How many messages are in the Maildirs."""
-        return sum(len(files) for path, _, files in os.walk(self.mail) if path.endswith("new"))
 
     def log(self) -> str:
         """The end of the instance's log."""
