@@ -291,6 +291,11 @@ class SessionMailbox:
 
         return self._in_thread(work).addCallback(apply)
 
+    def highest_modseq(self) -> Deferred:
+        """The folder's HIGHESTMODSEQ (read in a thread: it may wait for the index)."""
+        folder = self.folder
+        return self._in_thread(lambda: folder.highest_modseq)
+
     def sync(self, allow_expunge: bool) -> Updates | None:
         """The pending changes to tell the client of (EXPUNGEs only if ``allow_expunge``), now
         applied to the view; None if there are none."""

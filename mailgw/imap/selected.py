@@ -7,7 +7,6 @@ store calls run in threads; a read-only (EXAMINEd) mailbox answers ``NO [READ-ON
 
 from __future__ import annotations
 
-from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from mailgw.imap.mailbox import RECENT_CLAIMS
@@ -85,8 +84,7 @@ async def expunge(session, command: c.Expunge) -> Reply:
         return failed(Failure(), b"EXPUNGE")
     session.send(session.expunged_lines(numbers))
     if numbers and session.qresync:
-        folder = mailbox.folder
-        highest = await deferToThread(lambda: folder.highest_modseq)
+        highest = await mailbox.highest_modseq()
         return ok(b"[HIGHESTMODSEQ %d] EXPUNGE completed" % highest)
     return ok(b"EXPUNGE completed")
 

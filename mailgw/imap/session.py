@@ -37,7 +37,6 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -448,8 +447,7 @@ class IMAPSession(Protocol, TimeoutMixin):
         if self.condstore:
             return
         self.enable_condstore()
-        folder = self.mailbox.folder
-        highest = await deferToThread(lambda: folder.highest_modseq)
+        highest = await self.mailbox.highest_modseq()
         self.send(r.status_line(None, b"OK", b"[HIGHESTMODSEQ %d] Highest" % highest))
 
     def expunged_lines(self, gone: list) -> bytes:
